@@ -1,0 +1,1 @@
+"""Registry, config, logging, checkpoint I/O, distributed helpers and errors."""

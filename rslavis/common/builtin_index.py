@@ -1,0 +1,34 @@
+"""Static index of the built-in registry names and the module that defines each.
+
+Looking a name up imports only its module, so ``import rslavis`` and
+``registry.list_models()`` stay free of torch/transformers. ``tests/test_registry.py``
+imports every module under ``rslavis`` and checks that this index and the decorators
+agree, so the two cannot drift apart.
+"""
+
+BUILTINS = {
+    "model": {
+        "smallcap": "rslavis.models.smallcap.model",
+    },
+    "builder": {
+        "rs_synthetic": "rslavis.datasets.builders.synthetic",
+    },
+    "task": {
+        "captioning": "rslavis.tasks.captioning",
+    },
+    "processor": {
+        "rs_image_train": "rslavis.processors.image_processors",
+        "rs_image_eval": "rslavis.processors.image_processors",
+        "rs_caption": "rslavis.processors.text_processors",
+    },
+    "reward": {},
+    "lr_scheduler": {
+        "linear_warmup_cosine_lr": "rslavis.runners.lr_schedulers",
+        "linear_warmup_step_lr": "rslavis.runners.lr_schedulers",
+        "constant_lr": "rslavis.runners.lr_schedulers",
+    },
+    "runner": {
+        "runner_base": "rslavis.runners.runner_base",
+    },
+    "parser": {},
+}

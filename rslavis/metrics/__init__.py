@@ -1,0 +1,1 @@
+"""Caption, object-level and VQA metrics."""

@@ -1,0 +1,97 @@
+"""Standard captioning metrics through pycocoevalcap, the reference implementation.
+
+Keys follow pycocoevalcap: ``Bleu_1``..``Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr``,
+``SPICE``. METEOR and the PTB tokenizer need Java; SPICE also needs the Stanford CoreNLP
+jars that ``get_stanford_models`` would download, which is impossible offline, so SPICE
+runs only when those jars are already present and is otherwise skipped with one warning.
+"""
+
+import contextlib
+import io
+import logging
+import os
+import re
+import shutil
+
+logger = logging.getLogger(__name__)
+_warned = set()
+
+
+def _warn_once(key, msg):
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(msg)
+
+
+def java_available():
+    return shutil.which("java") is not None
+
+
+def spice_jars_present():
+    """True when SPICE's Stanford CoreNLP jars are on disk (they are never downloaded here)."""
+    try:
+        import pycocoevalcap.spice as spice_pkg
+    except ImportError:
+        return False
+    lib = os.path.join(os.path.dirname(spice_pkg.__file__), "lib")
+    return os.path.isdir(lib) and any(f.startswith("stanford-corenlp-") and f.endswith(".jar") for f in os.listdir(lib))
+
+
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def simple_tokenize(text):
+    """Lower-case, drop punctuation, collapse spaces: the PTB tokenizer's effect on captions."""
+    return " ".join(_PUNCT.sub(" ", str(text).lower()).split())
+
+
+def tokenize(captions_by_id):
+    """``{id: [caption, ...]}`` to tokenized strings, PTB (Java) when available."""
+    if java_available():
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        data = {k: [{"caption": c} for c in v] for k, v in captions_by_id.items()}
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return PTBTokenizer().tokenize(data)
+    _warn_once("ptb", "Java not found: using a pure-Python tokenizer instead of the PTB tokenizer.")
+    return {k: [simple_tokenize(c) for c in v] for k, v in captions_by_id.items()}
+
+
+def caption_metrics(references, predictions, meteor=True, spice=True):
+    """Corpus metrics for ``predictions {id: caption}`` against ``references {id: [captions]}``.
+
+    Only ids present in ``predictions`` are scored. Returns a dict of floats.
+    """
+    ids = [i for i in predictions if i in references]
+    if not ids:
+        raise ValueError("caption_metrics: no prediction id matches a reference id.")
+    gts = tokenize({i: list(references[i]) for i in ids})
+    res = tokenize({i: [predictions[i]] for i in ids})
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    scorers = [(Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), (Rouge(), "ROUGE_L"), (Cider(), "CIDEr")]
+    if meteor:
+        if java_available():
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            scorers.append((Meteor(), "METEOR"))
+        else:
+            _warn_once("meteor", "Java not found: METEOR skipped.")
+    if spice:
+        if java_available() and spice_jars_present():
+            from pycocoevalcap.spice.spice import Spice
+
+            scorers.append((Spice(), "SPICE"))
+        else:
+            _warn_once("spice", "SPICE skipped: its Stanford CoreNLP jars (and Java) are not present.")
+    out = {}
+    for scorer, names in scorers:
+        with contextlib.redirect_stdout(io.StringIO()):
+            score, _ = scorer.compute_score(gts, res)
+        if isinstance(names, list):
+            out.update({n: float(s) for n, s in zip(names, score)})
+        else:
+            out[names] = float(score)
+    return out

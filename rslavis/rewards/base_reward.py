@@ -1,0 +1,30 @@
+"""Interface every reward implements (see ``registry.register_reward``)."""
+
+import torch
+
+
+class BaseReward:
+    """A reward scores generated captions against references, one float per caption.
+
+    ``reward(generated, references, **extra)`` returns a float tensor of shape (batch,)
+    with no NaN or inf. ``extra`` may carry ``count_dicts``, ``logprobs``, ``image_ids``;
+    a reward ignores the keys it does not use. Loss terms (``is_loss_term = True``) are
+    called with the policy's log-probabilities and a mask instead and return a scalar.
+    """
+
+    is_loss_term = False
+
+    @classmethod
+    def from_config(cls, cfg=None):
+        """Build from a mapping of constructor keyword arguments (may be None or empty)."""
+        kwargs = dict(cfg or {})
+        return cls(**kwargs)
+
+    def __call__(self, generated, references, **extra):
+        raise NotImplementedError
+
+    @staticmethod
+    def as_tensor(values):
+        """Float tensor with NaN/inf replaced by 0, the contract's last line of defence."""
+        t = torch.as_tensor(values, dtype=torch.float32)
+        return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)

@@ -1,0 +1,45 @@
+"""Shared fixtures. Hub look-ups are disabled so a stray download fails fast."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Path of ../shared/data (real annotations); skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it is present in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def root():
+    return ROOT
+
+
+@pytest.fixture
+def fresh_registry():
+    """A private registry with the built-in index, so tests can register freely."""
+    from rslavis.common.registry import Registry
+
+    return Registry()
+
+
+def run_python(args, cwd=None, env=None, timeout=600):
+    """Run ``python args...`` in a subprocess with the test environment; return CompletedProcess."""
+    import subprocess
+
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(env or {})
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=e, capture_output=True, text=True, timeout=timeout)

@@ -69,8 +69,10 @@ class Registry:
             raise RslavisError(f"A registered {kind} name must be a non-empty string, got {name!r}.")
 
         def add(klass):
-            base = _import_dotted(_KINDS[kind][0])
-            if not (isinstance(klass, type) and issubclass(klass, base)):
+            base_path = _KINDS[kind][0]
+            is_base = isinstance(klass, type) and f"{klass.__module__}.{klass.__qualname__}" == base_path
+            if not is_base and not (isinstance(klass, type) and issubclass(klass, _import_dotted(base_path))):
+                base = _import_dotted(base_path)
                 raise RslavisError(
                     f"Cannot register {klass!r} as {kind} {name!r}: it must be a subclass of "
                     f"{base.__module__}.{base.__qualname__}."

@@ -1,1 +1,1 @@
-
+"""Dataset builders (registered), torch datasets per annotation format, synthetic scenes."""

@@ -1,1 +1,1 @@
-
+"""Image and text processors (registered), built from ``vis_processor``/``text_processor`` config."""

@@ -1,1 +1,1 @@
-
+"""Training runners and learning-rate schedulers."""

@@ -1,1 +1,1 @@
-
+"""Tasks: how a model trains on a batch and how its outputs are evaluated."""

@@ -1,1 +1,1 @@
-
+"""Registered dataset builders, one module per dataset family."""

@@ -1,1 +1,1 @@
-
+"""torch Dataset classes per annotation format."""

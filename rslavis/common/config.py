@@ -1,0 +1,271 @@
+"""Config loading in LAVIS's two-level schema, with errors that name the file and key.
+
+A project YAML has the sections ``model``, ``datasets`` and ``run`` (plus an optional
+``plugins`` list). The merged config is, lowest priority first::
+
+    rslavis/configs/default.yaml            (run defaults)
+    < the model's default YAML               (model class PRETRAINED_MODEL_CONFIG_DICT[model_type])
+    < each dataset's default YAML            (builder DATASET_CONFIG_DICT[type])
+    < the project YAML
+    < --options a.b=c ...
+
+``model.model_type`` (and ``model.arch``, ``datasets.X.type``) are read from the
+project merged with ``--options`` before the defaults are chosen, so an option can
+switch which default YAML is loaded.
+"""
+
+import logging
+from pathlib import Path
+
+from rslavis.common.errors import ConfigError, RegistryKeyError
+from rslavis.common.registry import closest_match, registry
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("model", "datasets", "run", "plugins")
+
+_ANY = object()
+# run key -> accepted type(s). None in the YAML is accepted for keys whose default is None.
+RUN_SCHEMA = {
+    "task": str,
+    "runner": str,
+    "lr_sched": str,
+    "init_lr": float,
+    "min_lr": float,
+    "warmup_lr": float,
+    "warmup_steps": int,
+    "lr_decay_rate": float,
+    "weight_decay": float,
+    "beta2": float,
+    "max_epoch": int,
+    "iters_per_epoch": int,
+    "batch_size_train": int,
+    "batch_size_eval": int,
+    "num_workers": int,
+    "accum_grad_iters": int,
+    "log_freq": int,
+    "val_freq": int,
+    "save_freq": int,
+    "save_last": bool,
+    "seed": int,
+    "output_dir": str,
+    "job_id": str,
+    "amp": bool,
+    "resume_ckpt_path": str,
+    "evaluate": bool,
+    "train_splits": list,
+    "valid_splits": list,
+    "test_splits": list,
+    "device": str,
+    "world_size": int,
+    "dist_url": str,
+    "distributed": bool,
+    "grad_clip": float,
+    # task keys
+    "max_len": int,
+    "min_len": int,
+    "num_beams": int,
+    "repetition_penalty": float,
+    "length_penalty": float,
+    "prompt": str,
+    "report_metric": bool,
+    "metrics": _ANY,
+}
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+
+
+def _omegaconf():
+    from omegaconf import OmegaConf
+
+    return OmegaConf
+
+
+def load_yaml(path, what="config file"):
+    """Load a YAML file to a DictConfig; a missing file or syntax error is a ConfigError."""
+    OmegaConf = _omegaconf()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p} (check the path; it is resolved from {Path.cwd()}).")
+    import yaml
+
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config file must hold a mapping of sections, got {type(data).__name__}.")
+    try:
+        return OmegaConf.create(data)
+    except Exception as exc:  # e.g. non-string keys
+        raise ConfigError(f"{p}: cannot be read as a config: {exc}") from None
+
+
+def parse_options(options):
+    """``["a.b=c", ...]`` to a DictConfig; a malformed option is a ConfigError."""
+    OmegaConf = _omegaconf()
+    options = list(options or [])
+    for opt in options:
+        if "=" not in opt or opt.startswith("="):
+            raise ConfigError(f"--options {opt!r}: expected key=value, for example run.max_epoch=3.")
+    try:
+        return OmegaConf.from_dotlist(options)
+    except Exception as exc:
+        raise ConfigError(f"--options {' '.join(options)}: cannot be parsed: {exc}") from None
+
+
+def _check_sections(cfg, source):
+    for key in cfg.keys():
+        if key not in SECTIONS:
+            guess = closest_match(key, SECTIONS)
+            hint = f" Did you mean {guess!r}?" if guess else ""
+            raise ConfigError(f"{source}: unknown top-level section {key!r}.{hint} Valid sections: {', '.join(SECTIONS)}.")
+
+
+def _lookup(kind, name, source, key):
+    try:
+        return registry.get(kind, name)
+    except RegistryKeyError as exc:
+        raise ConfigError(f"{source}: {key}: {exc}") from None
+
+
+def _check_type(value, expected):
+    if expected is _ANY or value is None:
+        return True
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is list:
+        from omegaconf import ListConfig
+
+        return isinstance(value, (list, tuple, ListConfig))
+    return isinstance(value, expected)
+
+
+def validate_run(run_cfg, schema, source_of):
+    """Unknown run keys and wrongly typed values raise a ConfigError naming their source."""
+    for key in run_cfg.keys():
+        if key not in schema:
+            guess = closest_match(key, schema)
+            hint = f" Did you mean {guess!r}?" if guess else ""
+            raise ConfigError(
+                f"{source_of('run', key)}: unknown run key {key!r}.{hint} "
+                f"Valid run keys: {', '.join(sorted(schema))}."
+            )
+        value = run_cfg[key]
+        expected = schema[key]
+        if not _check_type(value, expected):
+            raise ConfigError(
+                f"{source_of('run', key)}: run.{key} must be {_TYPE_NAMES.get(expected, expected)}, "
+                f"got {value!r} ({type(value).__name__})."
+            )
+
+
+class Config:
+    """The merged run config: ``cfg.model``, ``cfg.datasets``, ``cfg.run`` (OmegaConf nodes).
+
+    ``Config.from_file(path, options)`` loads, merges defaults and validates. The
+    merged DictConfig is ``cfg.config``.
+    """
+
+    def __init__(self, config, cfg_path=None):
+        self.config = config
+        self.cfg_path = cfg_path
+
+    @property
+    def model(self):
+        return self.config.model
+
+    @property
+    def datasets(self):
+        return self.config.datasets
+
+    @property
+    def run(self):
+        return self.config.run
+
+    def to_yaml(self):
+        return _omegaconf().to_yaml(self.config)
+
+    @classmethod
+    def from_file(cls, cfg_path, options=None):
+        OmegaConf = _omegaconf()
+        project = load_yaml(cfg_path, "project config")
+        source = str(cfg_path)
+        _check_sections(project, source)
+        opts = parse_options(options)
+        _check_sections(opts, "--options")
+        return cls(build_config(project, opts, source), cfg_path)
+
+    @classmethod
+    def from_dict(cls, data, options=None, source="<dict>"):
+        OmegaConf = _omegaconf()
+        project = OmegaConf.create(data)
+        _check_sections(project, source)
+        opts = parse_options(options)
+        return cls(build_config(project, opts, source))
+
+
+def build_config(project, opts, source):
+    """Merge defaults < project < options (see module docstring) and validate."""
+    OmegaConf = _omegaconf()
+    user = OmegaConf.merge(project, opts)
+
+    def source_of(section, key):
+        node = opts.get(section)
+        if node is not None and key in node:
+            return "--options"
+        return source
+
+    plugins = user.get("plugins") or []
+    if not isinstance(plugins, (list, tuple)) and not OmegaConf.is_list(plugins):
+        raise ConfigError(f"{source_of('plugins', '')}: 'plugins' must be a list of module names, got {plugins!r}.")
+    registry.load_plugins([str(p) for p in plugins])
+
+    parts = [load_yaml(PACKAGE_ROOT / "configs" / "default.yaml", "default config")]
+
+    model = user.get("model")
+    if model is not None:
+        if not OmegaConf.is_dict(model) or "arch" not in model:
+            raise ConfigError(f"{source}: the 'model' section must set 'arch' (a registered model name, see registry.list_models()).")
+        model_cls = _lookup("model", model.arch, source_of("model", "arch"), "model.arch")
+        model_type = model.get("model_type") or getattr(model_cls, "DEFAULT_MODEL_TYPE", None)
+        if model_type is not None:
+            parts.append(OmegaConf.create({"model": {"model_type": model_type}}))
+            default_path = model_cls.default_config_path(model_type, source=source_of("model", "model_type"))
+            parts.append(load_yaml(default_path, f"default config of model {model.arch!r}"))
+
+    datasets = user.get("datasets")
+    if datasets is not None:
+        if not OmegaConf.is_dict(datasets):
+            raise ConfigError(f"{source}: 'datasets' must map dataset names to their settings.")
+        for name, dcfg in datasets.items():
+            builder_cls = _lookup("builder", name, source_of("datasets", name), f"datasets.{name}")
+            dtype = (dcfg or {}).get("type", "default") if dcfg is not None else "default"
+            default_path = builder_cls.default_config_path(dtype, source=source)
+            if default_path is not None:
+                parts.append(load_yaml(default_path, f"default config of dataset {name!r}"))
+
+    merged = OmegaConf.merge(*parts, user)
+    for section in ("model", "datasets", "run"):
+        if section not in merged:
+            merged[section] = {}
+    run = merged.run
+    task_name = run.get("task")
+    if not task_name:
+        raise ConfigError(f"{source}: run.task is not set; registered tasks: {', '.join(registry.list_tasks())}.")
+    task_cls = _lookup("task", task_name, source_of("run", "task"), "run.task")
+    schema = dict(RUN_SCHEMA)
+    schema.update(getattr(task_cls, "RUN_KEYS", {}))
+    validate_run(run, schema, source_of)
+    _lookup("lr_scheduler", run.lr_sched, source_of("run", "lr_sched"), "run.lr_sched")
+    _lookup("runner", run.get("runner") or "runner_base", source_of("run", "runner"), "run.runner")
+    return merged

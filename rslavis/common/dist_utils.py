@@ -1,0 +1,80 @@
+"""Distributed helpers that make no collective call unless a process group exists."""
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def is_dist_avail_and_initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) >= 1
+
+
+def resolve_device(requested):
+    """The device to run on: a CUDA request without CUDA falls back to CPU with one warning."""
+    requested = str(requested or "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("run.device is %r but CUDA is not available: running on CPU.", requested)
+        return torch.device("cpu")
+    if requested.startswith("cuda") and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(requested)
+
+
+def init_distributed_mode(run_cfg, device):
+    """Start a process group when launched by torchrun; otherwise run one process.
+
+    Returns True when distributed. ``distributed: True`` without a launcher gives one
+    process and one warning, so LAVIS project files run unchanged.
+    """
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        if not is_dist_avail_and_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend=backend, init_method=run_cfg.get("dist_url") or "env://")
+        return True
+    if run_cfg.get("distributed"):
+        logger.warning("run.distributed is true but the run was not launched by torchrun: running one process.")
+    return False
+
+
+def barrier():
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+def all_gather_object(obj):
+    """``[obj from each rank]``; ``[obj]`` when not distributed."""
+    if not is_dist_avail_and_initialized():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src=0):
+    if not is_dist_avail_and_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,50 @@
+"""Console logging and the per-run ``log.jsonl`` / TensorBoard writer."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_logging(rank=0, level=logging.INFO):
+    """Log to stderr; only rank 0 logs below WARNING, so N processes do not print N copies."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    for noisy in ("httpx", "urllib3", "filelock", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RunLogger:
+    """Appends one JSON object per log step to ``log.jsonl`` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, output_dir, enabled=True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "log.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+            except ImportError:
+                logging.getLogger(__name__).warning("tensorboard is not installed: no event files are written.")
+
+    def log(self, record, step=None, prefix="train"):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None and step is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,111 @@
+"""``rs_synthetic``: built-in procedurally drawn aerial scenes (no download needed).
+
+Scenes are generated on first use into ``build_info.cache_dir/<hash of the generation
+settings>/`` (PNG images and ``annotations.json``) and reused after; changing a
+setting generates a new folder, so a cache never serves stale scenes.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rslavis.common.errors import ConfigError
+from rslavis.common.registry import registry
+from rslavis.datasets.builders.base_builder import BaseDatasetBuilder, _get
+from rslavis.datasets.datasets.caption_datasets import CaptionEvalDataset, CaptionTrainDataset
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
+
+
+def generation_settings(build_info):
+    sizes = _get(build_info, "sizes", {"train": 1500, "val": 100, "test": 200})
+    settings = {
+        "version": 1,
+        "seed": int(_get(build_info, "seed", 0)),
+        "image_size": int(_get(build_info, "image_size", 64)),
+        "captions_per_image": int(_get(build_info, "captions_per_image", 5)),
+        "max_kinds": int(_get(build_info, "max_kinds", 2)),
+        "max_count": int(_get(build_info, "max_count", 4)),
+        "sizes": {str(k): int(v) for k, v in dict(sizes).items()},
+    }
+    for split, n in settings["sizes"].items():
+        if split not in SPLIT_SEEDS:
+            raise ConfigError(f"datasets.rs_synthetic.build_info.sizes: unknown split {split!r}; valid: {', '.join(SPLIT_SEEDS)}.")
+        if n < 1:
+            raise ConfigError(f"datasets.rs_synthetic.build_info.sizes.{split} must be a positive integer, got {n}.")
+    return settings
+
+
+def materialise(build_info):
+    """Generate (once) and return the folder holding ``annotations.json`` and ``images/``."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from rslavis.datasets.synthetic.scenes import generate_split
+
+    settings = generation_settings(build_info)
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(_get(build_info, "cache_dir", "cache/rs_synthetic")).expanduser()
+    target = root / key
+    if (target / "annotations.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    # Generate into a temporary folder and rename it into place, so an interrupted run
+    # never leaves a half-written dataset that a later run would trust.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        (tmp / "images").mkdir()
+        annotations = {"settings": settings, "splits": {}}
+        total = sum(settings["sizes"].values())
+        with tqdm(total=total, desc="generating synthetic scenes", leave=False) as bar:
+            for split, n in settings["sizes"].items():
+                seed = settings["seed"] * 1000 + SPLIT_SEEDS[split]
+                records = []
+                scenes = generate_split(n, seed, settings["image_size"], settings["captions_per_image"], settings["max_kinds"], settings["max_count"])
+                for i, (img, meta) in enumerate(scenes):
+                    fname = f"{split}_{i:06d}.png"
+                    Image.fromarray(img).save(tmp / "images" / fname)
+                    records.append({"image_id": f"{split}_{i:06d}", "filename": fname, **meta})
+                    bar.update(1)
+                annotations["splits"][split] = records
+        with open(tmp / "annotations.json", "w") as f:
+            json.dump(annotations, f)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "annotations.json").is_file():  # another process did not win the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("synthetic scenes written to %s", target)
+    return target
+
+
+@registry.register_builder("rs_synthetic")
+class SyntheticSceneBuilder(BaseDatasetBuilder):
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/rs_synthetic/defaults.yaml"}
+
+    def build(self):
+        build_info = _get(self.config, "build_info", {})
+        folder = materialise(build_info)
+        with open(folder / "annotations.json") as f:
+            annotations = json.load(f)
+        prompt = _get(self.config, "prompt", "")
+        datasets = {}
+        for split, records in annotations["splits"].items():
+            recs = [
+                {"image_id": r["image_id"], "image": str(folder / "images" / r["filename"]), "captions": r["captions"], "count_dict": r["count_dict"], "background": r["background"]}
+                for r in records
+            ]
+            is_train = split == "train"
+            cls = CaptionTrainDataset if is_train else CaptionEvalDataset
+            proc_key = "train" if is_train else "eval"
+            datasets[split] = cls(recs, self.vis_processors.get(proc_key), self.text_processors.get(proc_key), prompt)
+        return datasets

@@ -1,0 +1,255 @@
+"""``smallcap``: a vision encoder and a GPT-2 decoder that reads it through cross-attention.
+
+The first, plain form of SmallCap (retrieval prompts and the causal block come with
+``smallcap_causal``). The encoder is a transformers ViT or CLIP vision model, built
+from a tiny config or loaded from a local directory; the decoder is GPT-2 with
+``add_cross_attention``. Sample keys: ``image``, ``text_input`` (prompt, not
+supervised), ``text_output`` (target caption).
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rslavis.common.errors import ConfigError
+from rslavis.common.registry import registry
+from rslavis.models.base_model import BaseModel
+from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def _plain(cfg):
+    """OmegaConf node or mapping to a plain dict."""
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:
+        pass
+    return dict(cfg)
+
+
+def _local_dir(path, option):
+    p = Path(str(path)).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"{option}: directory not found: {p}. Give a local directory written by save_pretrained; nothing is downloaded.")
+    return str(p)
+
+
+def build_vision_encoder(vcfg):
+    """``(encoder, hidden_size)`` from the ``vision`` config section."""
+    from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTModel
+
+    kind = vcfg.get("type", "vit")
+    if vcfg.get("pretrained"):
+        path = _local_dir(vcfg["pretrained"], "model.vision.pretrained")
+        if kind == "clip":
+            enc = CLIPVisionModel.from_pretrained(path, local_files_only=True)
+        else:
+            enc = AutoModel.from_pretrained(path, local_files_only=True)
+        return enc, enc.config.hidden_size
+    common = dict(
+        image_size=vcfg.get("image_size", 64),
+        patch_size=vcfg.get("patch_size", 8),
+        hidden_size=vcfg.get("hidden_size", 128),
+        num_hidden_layers=vcfg.get("num_layers", 3),
+        num_attention_heads=vcfg.get("num_heads", 4),
+        intermediate_size=vcfg.get("intermediate_size", 256),
+    )
+    if kind == "vit":
+        return ViTModel(ViTConfig(**common), add_pooling_layer=False), common["hidden_size"]
+    if kind == "clip":
+        return CLIPVisionModel(CLIPVisionConfig(**common)), common["hidden_size"]
+    raise ConfigError(f"model.vision.type {kind!r} is unknown; valid: vit, clip.")
+
+
+def build_decoder(dcfg, vocab_size, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if dcfg.get("pretrained"):
+        path = _local_dir(dcfg["pretrained"], "model.decoder.pretrained")
+        dec = GPT2LMHeadModel.from_pretrained(path, add_cross_attention=True, local_files_only=True)
+        if dec.config.vocab_size < len(tokenizer):
+            dec.resize_token_embeddings(len(tokenizer))
+        return dec
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=dcfg.get("n_positions", 64),
+        n_embd=dcfg.get("n_embd", 128),
+        n_layer=dcfg.get("n_layer", 3),
+        n_head=dcfg.get("n_head", 4),
+        add_cross_attention=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=dcfg.get("dropout", 0.1),
+        embd_pdrop=dcfg.get("dropout", 0.1),
+        attn_pdrop=dcfg.get("dropout", 0.1),
+        loss_type="ForCausalLM",
+    )
+    return GPT2LMHeadModel(config)
+
+
+@registry.register_model("smallcap")
+class SmallCap(BaseModel):
+    PRETRAINED_MODEL_CONFIG_DICT = {"tiny": "configs/models/smallcap/tiny.yaml"}
+    DEFAULT_MODEL_TYPE = "tiny"
+
+    def __init__(self, cfg, tokenizer=None):
+        super().__init__()
+        self.cfg = _plain(cfg)
+        self.max_txt_len = int(self.cfg.get("max_txt_len", 40))
+        vcfg = self.cfg.get("vision", {}) or {}
+        self.visual_encoder, vision_width = build_vision_encoder(vcfg)
+        if vcfg.get("freeze", False):
+            for p in self.visual_encoder.parameters():
+                p.requires_grad = False
+        self._vision_width = vision_width
+        self.tokenizer = None
+        self.decoder = None
+        self.vision_proj = None
+        if tokenizer is None and self.cfg.get("tokenizer_path"):
+            tokenizer = load_tokenizer(self.cfg["tokenizer_path"])
+        if tokenizer is not None:
+            self._build_text_side(tokenizer)
+
+    def _build_text_side(self, tokenizer):
+        self.tokenizer = tokenizer
+        tokenizer.padding_side = "right"
+        self.decoder = build_decoder(self.cfg.get("decoder", {}) or {}, len(tokenizer), tokenizer)
+        n_embd = self.decoder.config.n_embd
+        self.vision_proj = nn.Identity() if n_embd == self._vision_width else nn.Linear(self._vision_width, n_embd)
+        if not self.cfg.get("train_decoder", True):
+            for name, p in self.decoder.named_parameters():
+                p.requires_grad = "crossattention" in name or "ln_cross_attn" in name
+
+    @classmethod
+    def from_config(cls, cfg, **kwargs):
+        return cls(cfg, **kwargs)
+
+    def prepare_for_training(self, datasets, output_dir):
+        """Fit a tokenizer on the training captions when none is configured, then build the decoder."""
+        if self.tokenizer is not None:
+            return
+        captions = []
+        for splits in datasets.values():
+            ds = splits.get("train")
+            if ds is not None and hasattr(ds, "all_captions"):
+                captions.extend(ds.all_captions())
+        if not captions:
+            raise ConfigError("model.tokenizer_path is not set and no training captions were found to fit a tokenizer on.")
+        tok = train_caption_tokenizer(captions, vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))
+        self._build_text_side(tok)
+        self.to(next(self.visual_encoder.parameters()).device)
+        if output_dir is not None:
+            from rslavis.common.dist_utils import is_main_process
+
+            if is_main_process():
+                tok.save_pretrained(str(Path(output_dir) / "tokenizer"))
+        logger.info("trained a word-level tokenizer on %d captions: %d tokens", len(captions), len(tok))
+
+    # ------------------------------------------------------------------ encoding
+    def encode_image(self, image):
+        out = self.visual_encoder(pixel_values=image)
+        return self.vision_proj(out.last_hidden_state)
+
+    def _tokenize(self, prompts, targets=None):
+        """Token ids ``[BOS] prompt target [EOS]`` with labels on the target only."""
+        tok = self.tokenizer
+        bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+        seqs, labels = [], []
+        for i, prompt in enumerate(prompts):
+            p_ids = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+            t_ids = tok(targets[i], add_special_tokens=False)["input_ids"] + [eos] if targets is not None else []
+            ids = ([bos] + p_ids + t_ids)[: self.max_txt_len]
+            lab = ([-100] * (1 + len(p_ids)) + t_ids)[: self.max_txt_len]
+            seqs.append(ids)
+            labels.append(lab)
+        width = max(len(s) for s in seqs)
+        device = self.device
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        lab_t = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for i, (s, l) in enumerate(zip(seqs, labels)):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            attn[i, : len(s)] = 1
+            lab_t[i, : len(l)] = torch.tensor(l)
+        return input_ids.to(device), attn.to(device), lab_t.to(device)
+
+    def _prompts(self, samples, n):
+        prompts = samples.get("text_input")
+        return list(prompts) if prompts is not None else [""] * n
+
+    def forward(self, samples):
+        image = samples["image"]
+        enc = self.encode_image(image)
+        input_ids, attn, labels = self._tokenize(self._prompts(samples, len(image)), samples["text_output"])
+        out = self.decoder(input_ids=input_ids, attention_mask=attn, encoder_hidden_states=enc, labels=labels)
+        return {"loss": out.loss}
+
+    @torch.no_grad()
+    def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
+        image = samples["image"]
+        enc = self.encode_image(image)
+        prompts = self._prompts(samples, len(image))
+        input_ids, attn, _ = self._tokenize(prompts)
+        # left-pad so every prompt ends at the last column (decoder-only generation)
+        lengths = attn.sum(1)
+        width = input_ids.shape[1]
+        left = torch.full_like(input_ids, self.tokenizer.pad_token_id)
+        left_attn = torch.zeros_like(attn)
+        for i, n in enumerate(lengths.tolist()):
+            left[i, width - n :] = input_ids[i, :n]
+            left_attn[i, width - n :] = 1
+        out = self.decoder.generate(
+            input_ids=left,
+            attention_mask=left_attn,
+            encoder_hidden_states=enc,
+            max_new_tokens=max_len,
+            min_new_tokens=min_len,
+            num_beams=num_beams,
+            repetition_penalty=repetition_penalty,
+            length_penalty=length_penalty,
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+        new = out[:, width:]
+        return [c.strip() for c in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory):
+        """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` to ``directory``."""
+        from safetensors.torch import save_file
+
+        from rslavis.common.checkpoint import atomic_write_json
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.cfg)
+        cfg["tokenizer_path"] = None
+        atomic_write_json({"arch": "smallcap", **cfg}, d / "config.json", indent=2)
+        self.tokenizer.save_pretrained(str(d / "tokenizer"))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(d / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        d = Path(directory)
+        if not (d / "config.json").is_file():
+            raise ConfigError(f"{d}: not a saved smallcap model (config.json missing); write one with save_pretrained.")
+        from safetensors.torch import load_file
+
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("arch", None)
+        model = cls(cfg, tokenizer=load_tokenizer(d / "tokenizer", option=str(d / "tokenizer")))
+        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        return model

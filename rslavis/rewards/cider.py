@@ -1,0 +1,375 @@
+"""CIDEr-D as a reward, with document frequencies from a fixed corpus.
+
+Definition (Vedantam et al. 2015, the "D" variant of pycocoevalcap's ``Cider``): each
+caption is a TF-IDF vector over its 1- to 4-grams, with weight
+``tf * (log(N) - log(max(1, df)))`` where ``df`` counts the corpus images whose
+references contain the n-gram and ``N`` is the number of corpus images. For each n,
+the candidate is compared to every reference by the clipped cosine
+``sum min(c, r) * r / (|c| |r|)``, multiplied by the length penalty
+``exp(-(l_c - l_r)^2 / (2 sigma^2))`` (``l`` = number of bigrams, as in pycocoevalcap;
+sigma 6). The score is ``10 * mean_n(sum_refs) / n_refs``.
+
+pycocoevalcap computes ``df`` from the references it is handed, so scoring one batch
+would use the batch as the corpus. Self-critical training needs ``df`` from the whole
+training split, computed once: pass it as ``corpus`` (a list with one list of reference
+captions per image, or a caption file path, see :func:`load_corpus`), or call
+:meth:`CiderD.set_corpus`. With the same corpus and the same tokenization, scores equal
+pycocoevalcap's to 1e-9 (tested on UCM and RSICD).
+
+Speed: captions are tokenized in pure Python (:func:`rslavis.text.tokenize.simple_tokenize`),
+n-grams are packed into 64-bit integer keys (15 bits per word), and everything after
+the word-id lookup is numpy over the whole batch. Reference vectors are cached per
+image (keyed by the tuple of reference strings), so in training each image's references
+are processed once.
+"""
+
+import logging
+import math
+import os
+
+import numpy as np
+
+from rslavis.common.errors import ConfigError, DataError, RslavisError
+from rslavis.common.registry import registry
+from rslavis.rewards.base_reward import BaseReward
+from rslavis.text.tokenize import tokenize_batch
+
+logger = logging.getLogger(__name__)
+
+_BITS = 15
+_WORD_CAP = (1 << _BITS) - 1  # word ids are 1.._WORD_CAP; 0 is never used
+_ORDER_SHIFT = 60  # the n-gram order sits above the packed words (4 * 15 = 60 bits)
+
+
+def load_corpus(path, split="train"):
+    """Reference lists of a caption file, for document frequencies.
+
+    ``path`` is a Karpathy ``dataset.json`` (the images of ``split``; ``split=None``
+    or ``"all"`` takes every image), a COCO caption file, or a JSON list of lists of
+    strings. Returns ``[[ref, ...], ...]``, one list per image.
+    """
+    from rslavis.metrics.references import load_references
+
+    return list(load_references(path, split=split).values())
+
+
+def _pack(word_ids, lengths, n_max):
+    """Packed n-gram keys of concatenated captions.
+
+    ``word_ids``: int64 of all tokens; ``lengths``: tokens per caption. Returns
+    ``(keys, owner)``: one key per n-gram occurrence (order in the top bits) and the
+    index of its caption.
+    """
+    total = int(word_ids.size)
+    n_caps = len(lengths)
+    owner_tok = np.repeat(np.arange(n_caps, dtype=np.int64), lengths)
+    ends = np.cumsum(lengths, dtype=np.int64)
+    remaining = ends[owner_tok] - np.arange(total, dtype=np.int64) if total else np.zeros(0, np.int64)
+    padded = np.concatenate([word_ids, np.zeros(n_max, dtype=np.int64)])
+    keys, owners = [], []
+    key = np.zeros(total, dtype=np.int64)
+    for n in range(1, n_max + 1):
+        key = (key << _BITS) | padded[n - 1 : n - 1 + total]
+        valid = remaining >= n
+        keys.append(key[valid] | (n << _ORDER_SHIFT))
+        owners.append(owner_tok[valid])
+    return np.concatenate(keys), np.concatenate(owners)
+
+
+class _RefEntry:
+    """Cached TF-IDF vectors of one image's references (union of their n-grams).
+
+    Norms and lengths live in the scorer's pools (rows ``start .. start + m``) so a
+    batch gathers them with one fancy index instead of a Python loop.
+    """
+
+    __slots__ = ("ids", "weights", "start", "m")
+
+    def __init__(self, ids, weights, start):
+        self.ids = ids  # sorted dense n-gram ids, (U,)
+        self.weights = weights  # (U, m): weight of each n-gram in each reference
+        self.start = start
+        self.m = weights.shape[1]
+
+
+@registry.register_reward("cider")
+class CiderD(BaseReward):
+    """CIDEr-D reward (see the module docstring for the definition).
+
+    Config keys: ``corpus`` (list of reference lists, or a caption file path),
+    ``corpus_split`` (default ``train``, for Karpathy files), ``n`` (4), ``sigma`` (6.0),
+    ``scale`` (1.0, multiplies the reward; the metric itself is :meth:`score`).
+    Without a corpus, each call uses its own references as the corpus (pycocoevalcap's
+    behaviour) and warns once.
+    """
+
+    def __init__(self, corpus=None, corpus_split="train", n=4, sigma=6.0, scale=1.0, cache_size=200000):
+        if not (isinstance(n, int) and 1 <= n <= 4):
+            raise ConfigError(f"cider: n={n!r} is invalid; use an integer from 1 to 4.")
+        try:
+            self.sigma = float(sigma)
+            self.scale = float(scale)
+        except (TypeError, ValueError):
+            raise ConfigError(f"cider: sigma={sigma!r} and scale={scale!r} must be numbers.") from None
+        if self.sigma <= 0:
+            raise ConfigError(f"cider: sigma={sigma!r} must be > 0.")
+        self.n = n
+        self.cache_size = int(cache_size)
+        self._warned_batch = False
+        self._reset()
+        if corpus is not None:
+            if isinstance(corpus, (str, os.PathLike)):
+                corpus = load_corpus(corpus, split=corpus_split)
+            self.set_corpus(corpus)
+
+    # ------------------------------------------------------------------ corpus
+    def _reset(self):
+        self.vocab = {}
+        self.keys_sorted = np.zeros(0, np.int64)  # sorted packed keys of known n-grams
+        self.ids_sorted = np.zeros(0, np.int64)  # dense id of each sorted key
+        self.df = np.zeros(0, np.float64)  # corpus document frequency per dense id
+        self.order = np.zeros(0, np.int64)  # n-gram order per dense id
+        self.n_docs = 0
+        self.ref_len = 0.0
+        self._clear_cache()
+        self.has_corpus = False
+
+    def _clear_cache(self):
+        self._cache = {}
+        self._pool_norm = np.zeros((0, self.n))  # per reference: norm of each n-gram order
+        self._pool_len = np.zeros(0)  # per reference: length (number of bigrams)
+
+    def set_corpus(self, references):
+        """Compute document frequencies once from ``references``: one list of captions per image."""
+        refs = [list(r) if not isinstance(r, str) else [r] for r in references]
+        if not refs:
+            raise DataError("cider: the corpus is empty; pass one list of reference captions per image.")
+        self._reset()
+        flat, owner_img = [], []
+        for i, r in enumerate(refs):
+            flat.extend(r)
+            owner_img.extend([i] * len(r))
+        toks = tokenize_batch(flat)
+        ids, lengths = self._word_ids(toks, grow=True)
+        keys, owner = _pack(ids, lengths, self.n)
+        uniq, inv = np.unique(keys, return_inverse=True)
+        g = uniq.size
+        doc = np.asarray(owner_img, dtype=np.int64)[owner]
+        pairs = np.unique(doc * g + inv)
+        self.keys_sorted = uniq
+        self.ids_sorted = np.arange(g, dtype=np.int64)
+        self.df = np.bincount(pairs % g, minlength=g).astype(np.float64)
+        self.order = (uniq >> _ORDER_SHIFT).astype(np.int64)
+        self.n_docs = len(refs)
+        self.ref_len = math.log(float(self.n_docs))
+        self.has_corpus = True
+        return self
+
+    def _word_ids(self, token_lists, grow):
+        """Flat int64 word ids and per-caption lengths.
+
+        ``grow=True`` (references) adds new words to the vocabulary. Otherwise
+        (candidates) an unknown word gets an id local to its caption, above the
+        vocabulary: its n-grams cannot match a reference, only their term frequency
+        within the caption matters, so ids may repeat across captions.
+        """
+        vocab = self.vocab
+        get = vocab.get
+        out = []
+        lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+        base = len(vocab) + 1
+        for toks in token_lists:
+            ids = [get(w, 0) for w in toks]
+            if 0 in ids:
+                if grow:
+                    for j, w in enumerate(toks):
+                        if ids[j] == 0:
+                            wid = get(w, 0)
+                            if wid == 0:
+                                wid = len(vocab) + 1
+                                if wid > _WORD_CAP:
+                                    raise RslavisError(
+                                        f"cider: the references hold more than {_WORD_CAP} distinct words, "
+                                        "the limit of the packed n-gram keys."
+                                    )
+                                vocab[w] = wid
+                            ids[j] = wid
+                    base = len(vocab) + 1
+                else:
+                    local = {}
+                    for j, w in enumerate(toks):
+                        if ids[j] == 0:
+                            ids[j] = local.setdefault(w, base + len(local))
+                    if base + len(local) > _WORD_CAP + 1:
+                        # only a caption with tens of thousands of distinct new words gets here
+                        raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
+            out.extend(ids)
+        return np.asarray(out, dtype=np.int64), lengths
+
+    def _lookup(self, keys):
+        """Dense ids of packed keys, -1 where the n-gram is unknown."""
+        if self.keys_sorted.size == 0:
+            return np.full(keys.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(self.keys_sorted, keys)
+        pos = np.minimum(pos, self.keys_sorted.size - 1)
+        found = self.keys_sorted[pos] == keys
+        return np.where(found, self.ids_sorted[pos], -1)
+
+    def _add_keys(self, new_keys):
+        """Give unseen reference n-grams dense ids (document frequency 0: not in the corpus)."""
+        new_keys = np.unique(new_keys)
+        g = self.df.size
+        new_ids = np.arange(g, g + new_keys.size, dtype=np.int64)
+        keys = np.concatenate([self.keys_sorted, new_keys])
+        ids = np.concatenate([self.ids_sorted, new_ids])
+        srt = np.argsort(keys, kind="stable")
+        self.keys_sorted, self.ids_sorted = keys[srt], ids[srt]
+        self.df = np.concatenate([self.df, np.zeros(new_keys.size)])
+        self.order = np.concatenate([self.order, (new_keys >> _ORDER_SHIFT).astype(np.int64)])
+
+    # ------------------------------------------------------------------ references
+    def _ref_entries(self, ref_tuples):
+        """Cached :class:`_RefEntry` for each tuple of references, building the missing ones together."""
+        cache = self._cache
+        missing = list(dict.fromkeys(t for t in ref_tuples if t not in cache))
+        if missing:
+            if len(cache) + len(missing) > self.cache_size:
+                self._clear_cache()
+                cache = self._cache
+            flat, owner_img = [], []
+            for i, r in enumerate(missing):
+                flat.extend(r)
+                owner_img.extend([i] * len(r))
+            toks = tokenize_batch(flat)
+            ids, lengths = self._word_ids(toks, grow=True)
+            keys, owner = _pack(ids, lengths, self.n)
+            dense = self._lookup(keys)
+            if (dense < 0).any():
+                self._add_keys(keys[dense < 0])
+                dense = self._lookup(keys)
+            g = self.df.size
+            comb, tf = np.unique(owner * g + dense, return_counts=True)
+            ref = comb // g
+            d = comb % g
+            w = tf * (self.ref_len - np.log(np.maximum(1.0, self.df[d])))
+            n_refs = len(flat)
+            nrm = np.sqrt(np.bincount(ref * self.n + self.order[d] - 1, weights=w * w, minlength=n_refs * self.n))
+            nrm = nrm.reshape(n_refs, self.n)
+            rlen = np.maximum(lengths - 1, 0).astype(np.float64)
+            img_of_ref = np.asarray(owner_img, dtype=np.int64)
+            first_ref = np.concatenate([[0], np.cumsum([len(r) for r in missing])]).astype(np.int64)
+            img = img_of_ref[ref]
+            col = ref - first_ref[img]
+            ucomb, uinv = np.unique(img * g + d, return_inverse=True)
+            m_max = max(len(r) for r in missing)
+            wmat = np.zeros((ucomb.size, m_max))
+            wmat[uinv, col] = w
+            bounds = np.searchsorted(ucomb, np.arange(len(missing) + 1, dtype=np.int64) * g).tolist()
+            uids = ucomb % g
+            offset = self._pool_len.size
+            self._pool_norm = np.concatenate([self._pool_norm, nrm])
+            self._pool_len = np.concatenate([self._pool_len, rlen])
+            starts = (first_ref + offset).tolist()
+            for i, r in enumerate(missing):
+                a, b = bounds[i], bounds[i + 1]
+                m = len(r)
+                cache[r] = _RefEntry(uids[a:b], wmat[a:b, :m] if m < m_max else wmat[a:b], starts[i])
+        return [cache[t] for t in ref_tuples]
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, generated, references):
+        """CIDEr-D of each candidate as float64 numpy, ``generated[i]`` against ``references[i]``."""
+        generated = list(generated)
+        references = [(r,) if isinstance(r, str) else tuple(r) for r in references]
+        if len(generated) != len(references):
+            raise DataError(
+                f"cider: {len(generated)} generated captions but {len(references)} reference lists; "
+                "they must pair one to one."
+            )
+        b = len(generated)
+        if b == 0:
+            return np.zeros(0)
+        if not self.has_corpus:
+            if not self._warned_batch:
+                self._warned_batch = True
+                logger.warning(
+                    "cider: no corpus given, document frequencies come from each call's references "
+                    "(pycocoevalcap's behaviour); pass corpus= or call set_corpus() with the training references."
+                )
+            batch = CiderD(n=self.n, sigma=self.sigma)
+            batch.set_corpus([list(r) for r in references])
+            return batch._score(generated, references)
+        return self._score(generated, references)
+
+    def _score(self, generated, references):
+        b, n = len(generated), self.n
+        empty_refs = [i for i, r in enumerate(references) if len(r) == 0]
+        if empty_refs:
+            raise DataError(f"cider: candidate {empty_refs[0]} has no reference captions.")
+        entries = self._ref_entries(references)
+        g = self.df.size
+
+        # candidate vectors
+        toks = tokenize_batch(generated)
+        ids, lengths = self._word_ids(toks, grow=False)
+        keys, owner = _pack(ids, lengths, n)
+        dense = self._lookup(keys)
+        unknown = dense < 0
+        if unknown.any():
+            ukeys, uinv = np.unique(keys[unknown], return_inverse=True)
+            dense = dense.copy()
+            dense[unknown] = g + uinv
+            uorder = (ukeys >> _ORDER_SHIFT).astype(np.int64)
+        else:
+            uorder = np.zeros(0, np.int64)
+        span = g + uorder.size
+        comb, tf = np.unique(owner * span + dense, return_counts=True)
+        cand = comb // span
+        d = comb % span
+        known = d < g
+        dk = np.where(known, d, 0)
+        df = np.where(known, self.df[dk], 0.0)
+        order = np.where(known, self.order[dk], uorder[np.where(known, 0, d - g)] if uorder.size else 0)
+        w = tf * (self.ref_len - np.log(np.maximum(1.0, df)))
+        slot = cand * n + order - 1
+        norm_h = np.sqrt(np.bincount(slot, weights=w * w, minlength=b * n)).reshape(b, n)
+        len_h = np.maximum(lengths - 1, 0).astype(np.float64)
+
+        # references of each candidate, concatenated in candidate order (keys stay sorted)
+        m_max = max(e.m for e in entries)
+        sizes = np.fromiter((e.ids.size for e in entries), dtype=np.int64, count=b)
+        rkeys = np.concatenate([e.ids for e in entries]) + np.repeat(np.arange(b, dtype=np.int64) * g, sizes)
+        if all(e.m == m_max for e in entries):
+            rw = np.concatenate([e.weights for e in entries])
+        else:
+            rw = np.concatenate([np.pad(e.weights, ((0, 0), (0, m_max - e.m))) for e in entries])
+        starts = np.fromiter((e.start for e in entries), dtype=np.int64, count=b)
+        n_refs = np.fromiter((e.m for e in entries), dtype=np.int64, count=b)
+        rows = starts[:, None] + np.arange(m_max, dtype=np.int64)[None, :]
+        present = np.arange(m_max)[None, :] < n_refs[:, None]
+        rows = np.where(present, rows, 0)
+        norm_r = np.where(present[:, :, None], self._pool_norm[rows], 0.0)  # (b, m, n)
+        len_r = np.where(present, self._pool_len[rows], 0.0)
+
+        # clipped dot products: candidate n-grams that occur in the image's references
+        val = np.zeros((b * n, m_max))
+        if rkeys.size:
+            hk = cand[known] * g + d[known]
+            pos = np.minimum(np.searchsorted(rkeys, hk), rkeys.size - 1)
+            hit = rkeys[pos] == hk
+            rows = rw[pos[hit]]
+            wh = w[known][hit]
+            contrib = np.minimum(wh[:, None], rows) * rows
+            s = slot[known][hit]
+            for j in range(m_max):
+                val[:, j] = np.bincount(s, weights=contrib[:, j], minlength=b * n)
+        val = val.reshape(b, n, m_max).transpose(0, 2, 1)  # (b, m, n)
+        denom = norm_h[:, None, :] * norm_r
+        val = np.divide(val, denom, out=val.copy(), where=denom != 0)
+        pen = np.exp(-((len_h[:, None] - len_r) ** 2) / (2 * self.sigma**2))
+        score = (val * pen[:, :, None]).sum(axis=1).mean(axis=1) / n_refs * 10.0
+        return np.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def __call__(self, generated, references, **extra):
+        """``scale * CIDEr-D`` per caption, float32 tensor of shape (batch,)."""
+        return self.as_tensor(self.score(generated, references) * self.scale)

@@ -1,0 +1,339 @@
+"""Epoch-based runner: training, validation, best/last checkpoints, exact resume, DDP.
+
+Output folder ``<run.output_dir>/<job_id>/``::
+
+    config.yaml                 merged config of the run
+    log.jsonl                   one JSON object per log step (and per evaluation)
+    tensorboard/                event files
+    checkpoint_latest.pth       written every ``save_freq`` epochs (atomic), for resume
+    checkpoint_best.pth         best ``agg_metrics`` on the first validation split
+    result/<split>_epoch<N>.json   predictions
+    metrics_<split>.json        metrics of the last evaluation of each split
+
+Exactness of resume: the data order of epoch ``e`` is drawn from a generator seeded
+with ``seed + e`` (not from the global RNG), the learning rate is a function of
+``(epoch, step)``, and the checkpoint holds every RNG state, so a resumed run repeats
+the uninterrupted one bit for bit on CPU.
+"""
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from tqdm import tqdm
+
+from rslavis.common import dist_utils
+from rslavis.common.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from rslavis.common.errors import ConfigError, RslavisError
+from rslavis.common.logger import RunLogger
+from rslavis.common.registry import registry
+
+logger = logging.getLogger(__name__)
+
+
+def _collater(dataset):
+    while isinstance(dataset, ConcatDataset):
+        dataset = dataset.datasets[0]
+    return getattr(dataset, "collater", None)
+
+
+class _SeededRandomSampler(RandomSampler):
+    """Random order fixed by ``seed + epoch``: independent of the global RNG (exact resume)."""
+
+    def __init__(self, data_source, seed):
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+
+
+@registry.register_runner("runner_base")
+class RunnerBase:
+    def __init__(self, cfg, task, model, datasets, job_id):
+        self.cfg = cfg
+        self.run_cfg = cfg.run
+        self.task = task
+        self.datasets = datasets
+        self.job_id = job_id
+        self.device = dist_utils.resolve_device(self.run_cfg.get("device"))
+        self.distributed = dist_utils.init_distributed_mode(self.run_cfg, self.device)
+        if self.run_cfg.get("amp") and self.device.type != "cuda":
+            logger.info("run.amp is ignored on CPU.")
+        self.use_amp = bool(self.run_cfg.get("amp")) and self.device.type == "cuda"
+        self.output_dir = Path(self.run_cfg.output_dir) / job_id
+        self.result_dir = self.output_dir / "result"
+        self.is_main = dist_utils.is_main_process()
+        if self.is_main:
+            self.result_dir.mkdir(parents=True, exist_ok=True)
+        self._model = model.to(self.device)
+        self._wrapped = None
+        self.optimizer = None
+        self.lr_scheduler = None
+        self.start_epoch = 0
+        self.global_step = 0
+        self.best_agg = -math.inf
+        self.best_epoch = None
+        self.log = RunLogger(self.output_dir, enabled=self.is_main)
+        self.seed = int(self.run_cfg.seed) + dist_utils.get_rank()
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def model(self):
+        if self.distributed and self._wrapped is None:
+            self._wrapped = torch.nn.parallel.DistributedDataParallel(
+                self._model, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
+            )
+        return self._wrapped if self.distributed else self._model
+
+    @property
+    def unwrapped(self):
+        return self._model
+
+    def _split_datasets(self, split):
+        """``{name: dataset}`` with ``split`` from every configured dataset."""
+        return {name: splits[split] for name, splits in self.datasets.items() if split in splits}
+
+    def _split_name(self, dataset_name, split):
+        return split if len(self.datasets) == 1 else f"{dataset_name}_{split}"
+
+    def train_dataset(self):
+        parts = [ds for split in self.run_cfg.train_splits for ds in self._split_datasets(split).values()]
+        if not parts:
+            raise ConfigError(f"run.train_splits {list(self.run_cfg.train_splits)}: no configured dataset has such a split.")
+        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+    def _loader(self, dataset, train):
+        bs = self.run_cfg.batch_size_train if train else self.run_cfg.batch_size_eval
+        if self.distributed:
+            sampler = DistributedSampler(dataset, shuffle=train, seed=int(self.run_cfg.seed))
+        elif train:
+            sampler = _SeededRandomSampler(dataset, int(self.run_cfg.seed))
+        else:
+            sampler = SequentialSampler(dataset)
+        g = torch.Generator()
+        g.manual_seed(int(self.run_cfg.seed))
+        return DataLoader(
+            dataset,
+            batch_size=bs,
+            sampler=sampler,
+            num_workers=self.run_cfg.num_workers,
+            collate_fn=_collater(dataset),
+            drop_last=train,
+            generator=g,
+            persistent_workers=False,
+        )
+
+    def build_optimizer(self):
+        run = self.run_cfg
+        decay, no_decay = [], []
+        for name, p in self.unwrapped.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "bias" in name or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=run.init_lr, betas=(0.9, run.beta2))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self, epoch):
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.unwrapped.state_dict().items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "best_agg": self.best_agg,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+            "config": self.cfg.to_yaml() if hasattr(self.cfg, "to_yaml") else None,
+        }
+
+    def save_checkpoint(self, epoch, name):
+        if not self.is_main:
+            return
+        path = self.output_dir / name
+        atomic_torch_save(self._checkpoint_state(epoch), path)
+        logger.info("saved %s (epoch %d)", path, epoch)
+
+    def resume(self, path):
+        ckpt = load_checkpoint(path)
+        self.unwrapped.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer") and self.optimizer is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("lr_scheduler") and self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.global_step = int(ckpt.get("global_step", 0))
+        self.best_agg = float(ckpt.get("best_agg", -math.inf))
+        self.best_epoch = ckpt.get("best_epoch")
+        if ckpt.get("rng") is not None:
+            set_rng_state(ckpt["rng"])
+        logger.info("resumed from %s: continuing at epoch %d", path, self.start_epoch)
+
+    def load_model_weights(self, path):
+        ckpt = load_checkpoint(path)
+        self.unwrapped.load_state_dict(ckpt["model"])
+
+    # ------------------------------------------------------------------ train / eval
+    def train(self):
+        run = self.run_cfg
+        torch.manual_seed(self.seed)
+        import random
+
+        import numpy as np
+
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        if self.is_main:
+            atomic_write_text(self.cfg.to_yaml(), self.output_dir / "config.yaml")
+        self.unwrapped.prepare_for_training(self.datasets, self.output_dir)
+        total, trainable = self.unwrapped.count_parameters()
+        logger.info("model %s: %s parameters, %s trainable", type(self.unwrapped).__name__, f"{total:,}", f"{trainable:,}")
+
+        if run.get("evaluate"):
+            if run.get("resume_ckpt_path"):
+                self.load_model_weights(run.resume_ckpt_path)
+            metrics = {}
+            for split in run.test_splits:
+                metrics.update(self.evaluate_split(split, epoch=0, tag="test"))
+            self.log.close()
+            return metrics
+
+        train_set = self.train_dataset()
+        loader = self._loader(train_set, train=True)
+        iters = run.get("iters_per_epoch") or len(loader)
+        if len(loader) == 0:
+            raise ConfigError(f"run.batch_size_train {run.batch_size_train} is larger than the training set ({len(train_set)} items).")
+        self.optimizer = self.build_optimizer()
+        sched_cls = registry.get_lr_scheduler_class(run.lr_sched)
+        self.lr_scheduler = sched_cls.from_config(self.optimizer, run, iters)
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        if run.get("resume_ckpt_path"):
+            self.resume(run.resume_ckpt_path)
+
+        start = time.time()
+        for epoch in range(self.start_epoch, run.max_epoch):
+            self.train_epoch(epoch, loader, iters)
+            last = epoch == run.max_epoch - 1
+            if run.valid_splits and ((epoch + 1) % run.val_freq == 0 or last):
+                per_split = self.evaluate_split(run.valid_splits[0], epoch, tag="val")
+                for split in list(run.valid_splits)[1:]:
+                    self.evaluate_split(split, epoch, tag="val")
+                # model selection on the first dataset's first validation split
+                agg = next(iter(per_split.values()), {}).get("agg_metrics")
+                if agg is not None and agg > self.best_agg:
+                    self.best_agg, self.best_epoch = agg, epoch
+                    self.save_checkpoint(epoch, "checkpoint_best.pth")
+            if (epoch + 1) % run.save_freq == 0 or (last and run.save_last):
+                self.save_checkpoint(epoch, "checkpoint_latest.pth")
+            dist_utils.barrier()
+        logger.info("training finished in %.1f s", time.time() - start)
+
+        test_metrics = {}
+        if run.test_splits:
+            best = self.output_dir / "checkpoint_best.pth"
+            if self.best_epoch is not None and best.is_file():
+                self.load_model_weights(best)
+            epoch = self.best_epoch if self.best_epoch is not None else run.max_epoch - 1
+            for split in run.test_splits:
+                test_metrics.update(self.evaluate_split(split, epoch, tag="test"))
+        self.log.close()
+        return test_metrics
+
+    def train_epoch(self, epoch, loader, iters):
+        run = self.run_cfg
+        model = self.model
+        model.train()
+        sampler = loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        accum = max(1, run.accum_grad_iters)
+        self.optimizer.zero_grad(set_to_none=True)
+        t0 = time.time()
+        it = iter(loader)
+        bar = tqdm(range(iters), desc=f"epoch {epoch}", leave=False, disable=not self.is_main)
+        for i in bar:
+            try:
+                samples = next(it)
+            except StopIteration:  # iters_per_epoch larger than the loader: start it again
+                it = iter(loader)
+                samples = next(it)
+            samples = self._to_device(samples)
+            lr = self.lr_scheduler.step(epoch, i)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                out = self.task.train_step(model, samples)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise RslavisError(f"loss is {loss.item()} at epoch {epoch}, step {i}: lower run.init_lr or check the data.")
+            scaled = loss / accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if (i + 1) % accum == 0 or i == iters - 1:
+                if self.scaler:
+                    self.scaler.unscale_(self.optimizer)
+                if run.get("grad_clip"):
+                    torch.nn.utils.clip_grad_norm_(self.unwrapped.parameters(), run.grad_clip)
+                if self.scaler:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            if self.global_step % run.log_freq == 0 or i == iters - 1:
+                record = {"epoch": epoch, "step": self.global_step, "loss": float(loss.item()), "lr": lr, "seconds": round(time.time() - t0, 3)}
+                for k, v in out.items():
+                    if k != "loss" and isinstance(v, (int, float, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1):
+                        record[k] = float(v)
+                self.log.log(record, step=self.global_step)
+
+    def _to_device(self, samples):
+        return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in samples.items()}
+
+    def evaluate_split(self, split, epoch, tag):
+        """``{split_name: metrics}`` for every dataset having ``split``; rank 0 computes and writes."""
+        all_metrics = {}
+        for name, dataset in self._split_datasets(split).items():
+            split_name = self._split_name(name, split)
+            loader = self._loader(dataset, train=False)
+            results = self.task.evaluation(self.unwrapped, self._device_loader(loader), split_name)
+            gathered = dist_utils.all_gather_object(results)
+            metrics = None
+            if self.is_main:
+                merged, seen = [], set()
+                for part in gathered:
+                    for r in part:  # DistributedSampler pads with repeats: keep the first of each id
+                        key = r.get("question_id", r.get("image_id"))
+                        if key not in seen:
+                            seen.add(key)
+                            merged.append(r)
+                metrics = self.task.after_evaluation(merged, split_name, epoch, dataset, self.result_dir)
+                metrics = {k: float(v) for k, v in metrics.items()}
+                atomic_write_json({"epoch": epoch, **metrics}, self.output_dir / f"metrics_{split_name}.json", indent=2)
+                self.log.log({"epoch": epoch, "split": split_name, **metrics}, step=self.global_step, prefix=split_name)
+                logger.info("%s epoch %d: %s", split_name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            metrics = dist_utils.broadcast_object(metrics)
+            all_metrics[split_name] = metrics
+        return all_metrics
+
+    def _device_loader(self, loader):
+        runner = self
+
+        class _OnDevice:
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for samples in loader:
+                    yield runner._to_device(samples) if samples else samples
+
+        return _OnDevice()

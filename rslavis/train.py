@@ -1,0 +1,96 @@
+"""Train (or evaluate) from a project YAML.
+
+    python -m rslavis.train --cfg-path projects/smallcap/synthetic_demo.yaml [--options run.max_epoch=3 ...]
+    torchrun --nproc_per_node=2 -m rslavis.train --cfg-path ...
+
+Bad input prints one line naming the file, key or value and exits 2 (``--debug`` shows
+the traceback).
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rslavis.common.errors import RslavisError
+
+logger = logging.getLogger("rslavis.train")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m rslavis.train", description=__doc__.split("\n")[0])
+    p.add_argument("--cfg-path", required=True, help="project YAML (sections model, datasets, run)")
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys, e.g. run.max_epoch=3")
+    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    p.add_argument("--resume", default=None, metavar="auto|PATH", help="resume from a checkpoint; 'auto' picks the latest in the output dir")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p.parse_args(argv)
+
+
+def find_latest_checkpoint(output_dir, job_id=None):
+    """``(job_id, path)`` of the newest ``checkpoint_latest.pth`` under ``output_dir``."""
+    root = Path(output_dir)
+    pattern = f"{job_id}/checkpoint_latest.pth" if job_id else "*/checkpoint_latest.pth"
+    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not found:
+        where = root / job_id if job_id else root
+        raise RslavisError(f"--resume auto: no checkpoint_latest.pth under {where}; start without --resume or set run.output_dir.")
+    return found[-1].parent.name, found[-1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from rslavis.common.logger import setup_logging
+
+    rank = int(os.environ.get("RANK", 0))
+    setup_logging(rank)
+    try:
+        return run(args)
+    except RslavisError as exc:
+        if args.debug:
+            raise
+        print(f"rslavis: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    from rslavis.common.config import Config
+
+    cfg = Config.from_file(args.cfg_path, args.options)
+    if args.print_config:
+        print(cfg.to_yaml())
+        return 0
+
+    from rslavis.common import dist_utils
+    from rslavis.common.registry import registry
+
+    device = dist_utils.resolve_device(cfg.run.get("device"))
+    dist_utils.init_distributed_mode(cfg.run, device)
+    job_id = cfg.run.get("job_id")
+    if args.resume:
+        if args.resume == "auto":
+            job_id, path = find_latest_checkpoint(cfg.run.output_dir, job_id)
+        else:
+            path = Path(args.resume)
+        cfg.config.run.resume_ckpt_path = str(path)
+    if not job_id:
+        job_id = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+    job_id = dist_utils.broadcast_object(job_id)
+    cfg.config.run.job_id = job_id
+
+    task = registry.get_task_class(cfg.run.task).setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    runner_cls = registry.get_runner_class(cfg.run.get("runner") or "runner_base")
+    runner = runner_cls(cfg, task, model, datasets, job_id)
+    metrics = runner.train()
+    if dist_utils.is_main_process():
+        print(json.dumps({"output_dir": str(runner.output_dir), "test": metrics}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

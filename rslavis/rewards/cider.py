@@ -175,36 +175,38 @@ class CiderD(BaseReward):
         """
         vocab = self.vocab
         get = vocab.get
-        out = []
         lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+        flat = [w for toks in token_lists for w in toks]
+        ids = np.fromiter((get(w, 0) for w in flat), dtype=np.int64, count=len(flat))
+        zeros = np.flatnonzero(ids == 0)
+        if zeros.size == 0:
+            return ids, lengths
+        if grow:
+            for j in zeros.tolist():
+                w = flat[j]
+                wid = get(w, 0)
+                if wid == 0:
+                    wid = len(vocab) + 1
+                    if wid > _WORD_CAP:
+                        raise RslavisError(
+                            f"cider: the references hold more than {_WORD_CAP} distinct words, "
+                            "the limit of the packed n-gram keys."
+                        )
+                    vocab[w] = wid
+                ids[j] = wid
+            return ids, lengths
         base = len(vocab) + 1
-        for toks in token_lists:
-            ids = [get(w, 0) for w in toks]
-            if 0 in ids:
-                if grow:
-                    for j, w in enumerate(toks):
-                        if ids[j] == 0:
-                            wid = get(w, 0)
-                            if wid == 0:
-                                wid = len(vocab) + 1
-                                if wid > _WORD_CAP:
-                                    raise RslavisError(
-                                        f"cider: the references hold more than {_WORD_CAP} distinct words, "
-                                        "the limit of the packed n-gram keys."
-                                    )
-                                vocab[w] = wid
-                            ids[j] = wid
-                    base = len(vocab) + 1
-                else:
-                    local = {}
-                    for j, w in enumerate(toks):
-                        if ids[j] == 0:
-                            ids[j] = local.setdefault(w, base + len(local))
-                    if base + len(local) > _WORD_CAP + 1:
-                        # only a caption with tens of thousands of distinct new words gets here
-                        raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
-            out.extend(ids)
-        return np.asarray(out, dtype=np.int64), lengths
+        ends = np.cumsum(lengths)
+        caption_of = np.searchsorted(ends, zeros, side="right").tolist()
+        local, current = {}, -1
+        for j, c in zip(zeros.tolist(), caption_of):
+            if c != current:
+                local, current = {}, c
+            ids[j] = local.setdefault(flat[j], base + len(local))
+            if base + len(local) > _WORD_CAP + 1:
+                # only a caption with tens of thousands of distinct unknown words gets here
+                raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
+        return ids, lengths
 
     def _lookup(self, keys):
         """Dense ids of packed keys, -1 where the n-gram is unknown."""

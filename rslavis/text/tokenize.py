@@ -1,20 +1,21 @@
 """Fast pure-Python caption tokenization shared by the rewards.
 
 ``simple_tokenize(text)`` lower-cases, replaces every character that is neither a word
-character nor white space by a space, and splits on white space. On remote-sensing
-captions this matches what pycocoevalcap's Java PTB tokenizer produces for scoring
-(lower case, punctuation dropped) except for clitics: PTB keeps ``'s`` as a token, this
-tokenizer gives ``s``. Rewards call it on every sampled caption, so it must not start a
-Java process; evaluation (``rslavis.metrics.coco_caption``) still uses PTB when Java is
-present, as published numbers do.
+character (``\\w``) nor white space by a space, and splits on white space. On
+remote-sensing captions this matches what pycocoevalcap's Java PTB tokenizer produces for
+scoring (lower case, punctuation dropped) except for clitics: PTB keeps ``'s`` as a
+token, this tokenizer gives ``s``. Rewards call it on every sampled caption, so it must
+not start a Java process; evaluation (``rslavis.metrics.coco_caption``) still uses PTB
+when Java is present, as published numbers do.
 """
 
 import re
 
 _NON_WORD = re.compile(r"[^\w\s]+")
-# ASCII fast path: str.translate is several times faster than the regex and gives the
-# same result on ASCII text (non-word, non-space characters become spaces).
-_ASCII_TABLE = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())}
+
+
+def _slow(text):
+    return _NON_WORD.sub(" ", text.lower()).split()
 
 
 def simple_tokenize(text):
@@ -23,14 +24,24 @@ def simple_tokenize(text):
         return []
     if not isinstance(text, str):
         text = str(text)
-    if text.isascii():
-        return text.lower().translate(_ASCII_TABLE).split()
-    return _NON_WORD.sub(" ", text.lower()).split()
+    # Fast path (about 2x the regex): most captions only carry "." and "," as punctuation;
+    # if anything else is left the regex path gives the exact answer.
+    toks = text.lower().replace(".", " ").replace(",", " ").split()
+    if "".join(toks).isalnum():
+        return toks
+    return _slow(text)
 
 
 def tokenize_batch(texts):
-    """``simple_tokenize`` over a list."""
-    table = _ASCII_TABLE
-    return [
-        t.lower().translate(table).split() if isinstance(t, str) and t.isascii() else simple_tokenize(t) for t in texts
-    ]
+    """``simple_tokenize`` over a list (same result, less call overhead)."""
+    out = []
+    append = out.append
+    for t in texts:
+        if isinstance(t, str):
+            toks = t.lower().replace(".", " ").replace(",", " ").split()
+            if not "".join(toks).isalnum():
+                toks = _slow(t)
+            append(toks)
+        else:
+            append(simple_tokenize(t))
+    return out

@@ -1,0 +1,171 @@
+"""Weighted sums of registered rewards, built from a YAML ``rewards:`` mapping.
+
+::
+
+    rewards:
+      cider: 1.0                       # name: weight
+      sde: 0.5
+      count: {weight: 0.2, mode: abs}  # name: {weight, normalize, **reward options}
+      varentropy: {weight: 1.0, lam: 1.0e-4}   # loss term: kept apart from the sum
+
+``build_reward(mapping, corpus=..., parser=...)`` returns a :class:`CombinedReward`.
+Calling it returns ``total`` (float tensor (batch,)) = ``sum_k weight_k * r_k``;
+:meth:`CombinedReward.compute` returns ``(total, {name: r_k})`` with each component
+(after normalisation, before weighting) for logging. Loss terms (``is_loss_term``,
+e.g. ``varentropy``) are not part of the sum: :meth:`CombinedReward.loss_term` gives
+``(weight * term summed, stats)`` for the task's loss.
+
+Shared options given to ``build_reward`` (``corpus``, ``parser``) reach every reward
+that accepts them unless its own entry sets them: one corpus for ``cider`` and ``nkl``,
+one parser (and parse cache) for ``sde`` and ``count``.
+
+Running normalisation (``normalize: true`` on an entry, or ``normalize=True`` for all):
+each component becomes ``(r - mean) / (std + 1e-8)`` with an exponential moving mean and
+variance (``momentum`` 0.01) updated from every batch before normalising (the first batch
+initialises them). Pass ``update_stats=False`` in ``extra`` for a batch that must not
+move the statistics (e.g. the greedy baseline). An unknown name raises
+:class:`~rslavis.common.errors.RegistryKeyError` listing the registered rewards and the
+closest match.
+"""
+
+import inspect
+
+import torch
+
+from rslavis.common.errors import ConfigError, RegistryKeyError
+from rslavis.common.registry import registry
+
+SHARED_KEYS = ("corpus", "parser")
+ENTRY_KEYS = ("weight", "normalize", "momentum")
+
+
+class RunningNorm:
+    """Exponential moving mean and variance of a reward, for z-scoring."""
+
+    def __init__(self, momentum=0.01, eps=1e-8):
+        self.momentum = float(momentum)
+        self.eps = eps
+        self.mean = None
+        self.var = None
+
+    def __call__(self, values, update=True):
+        x = values.double()
+        if update and x.numel():
+            m, v = float(x.mean()), float(x.var(unbiased=False)) if x.numel() > 1 else 0.0
+            if self.mean is None:
+                self.mean, self.var = m, v
+            else:
+                k = self.momentum
+                self.var = (1 - k) * self.var + k * v + k * (1 - k) * (m - self.mean) ** 2
+                self.mean = (1 - k) * self.mean + k * m
+        if self.mean is None:
+            return values
+        return ((x - self.mean) / (self.var**0.5 + self.eps)).to(values.dtype)
+
+
+class CombinedReward:
+    """Weighted sum of rewards (see module docstring)."""
+
+    is_loss_term = False
+
+    def __init__(self, components, loss_terms=None):
+        self.components = components  # name -> (weight, reward, RunningNorm or None)
+        self.loss_terms = loss_terms or {}  # name -> (weight, term)
+        self.last_components = {}
+
+    @property
+    def names(self):
+        return list(self.components)
+
+    def compute(self, generated, references, **extra):
+        """``(total, {name: component})``: float tensors of shape (batch,)."""
+        update = extra.pop("update_stats", True)
+        b = len(generated)
+        total = torch.zeros(b)
+        parts = {}
+        for name, (w, reward, norm) in self.components.items():
+            r = torch.as_tensor(reward(generated, references, **extra), dtype=torch.float32).reshape(-1)
+            if r.numel() != b:
+                raise ConfigError(f"reward {name!r} returned {r.numel()} values for {b} captions.")
+            if norm is not None:
+                r = norm(r, update=update)
+            r = torch.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
+            parts[name] = r
+            total = total + w * r
+        self.last_components = parts
+        return total, parts
+
+    def __call__(self, generated, references, **extra):
+        return self.compute(generated, references, **extra)[0]
+
+    def loss_term(self, logits_or_logprobs, mask=None):
+        """``(sum of weight * term, stats)`` over the loss terms; ``(0.0 tensor, {})`` when none."""
+        total = torch.zeros(())
+        stats = {}
+        for name, (w, term) in self.loss_terms.items():
+            value, s = term(logits_or_logprobs, mask)
+            total = total + w * value
+            for k, v in s.items():
+                stats[k if k not in stats else f"{name}/{k}"] = v
+        return total, stats
+
+
+def _parse_entry(name, spec):
+    if spec is None:
+        return 1.0, {}
+    if isinstance(spec, bool):
+        raise ConfigError(f"rewards.{name}: give a weight or a mapping with 'weight', got {spec!r}.")
+    if isinstance(spec, (int, float)):
+        return float(spec), {}
+    try:
+        opts = dict(spec)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"rewards.{name}: expected a number (weight) or a mapping {{weight, normalize, ...options}}, got {spec!r:.100}."
+        ) from None
+    try:
+        w = float(opts.pop("weight", 1.0))
+    except (TypeError, ValueError):
+        raise ConfigError(f"rewards.{name}.weight must be a number.") from None
+    return w, opts
+
+
+def build_reward(mapping, normalize=False, momentum=0.01, reg=None, **shared):
+    """:class:`CombinedReward` from a ``rewards:`` mapping (see module docstring).
+
+    ``shared``: ``corpus`` (reference lists or caption file, for ``cider``/``nkl``) and
+    ``parser`` (name or mapping, for ``sde``/``count``); ``reg`` is the registry to use.
+    """
+    reg = reg or registry
+    if mapping is None or (hasattr(mapping, "__len__") and len(mapping) == 0):
+        raise ConfigError("rewards: the mapping is empty; give e.g. {cider: 1.0}. Registered rewards: "
+                          f"{', '.join(reg.list_rewards())}.")
+    try:
+        items = list(dict(mapping).items())
+    except (TypeError, ValueError):
+        raise ConfigError(f"rewards must be a mapping name: weight, got {mapping!r:.100}.") from None
+    unknown_shared = set(shared) - set(SHARED_KEYS)
+    if unknown_shared:
+        raise ConfigError(f"build_reward: unknown shared option(s) {sorted(unknown_shared)}; valid: {', '.join(SHARED_KEYS)}.")
+    components, loss_terms = {}, {}
+    for name, spec in items:
+        w, opts = _parse_entry(name, spec)
+        norm_flag = bool(opts.pop("normalize", normalize))
+        mom = float(opts.pop("momentum", momentum))
+        try:
+            cls = reg.get_reward_class(name)
+        except RegistryKeyError as exc:
+            raise RegistryKeyError(f"rewards: {exc}") from None
+        params = inspect.signature(cls.__init__).parameters
+        for k, v in shared.items():
+            if v is not None and k in params and k not in opts:
+                opts[k] = v
+        try:
+            reward = cls.from_config(opts)
+        except TypeError as exc:
+            raise ConfigError(f"rewards.{name}: bad option ({exc}).") from None
+        if getattr(reward, "is_loss_term", False):
+            loss_terms[name] = (w, reward)
+        else:
+            components[name] = (w, reward, RunningNorm(mom) if norm_flag else None)
+    return CombinedReward(components, loss_terms)

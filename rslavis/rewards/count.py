@@ -1,0 +1,83 @@
+"""Count error between the generated caption and the references.
+
+Definition: over the objects that both the generated caption and the references count
+(an exact count on both sides, after synonym and fuzzy matching), the mean absolute
+error ``mean |n_gen - n_ref|`` and the mean signed error ``mean (n_gen - n_ref)``
+(positive: the caption over-counts). Worked example: "There are four planes and three
+buildings." against "There are five planes and one building." gives
+``(|4-5| + |3-1|) / 2 = 1.5`` absolute and ``((4-5) + (3-1)) / 2 = 0.5`` signed.
+
+As a reward (``mode``): ``abs`` (default) is ``-abs_error``; ``squared`` is
+``-mean squared error``; ``relative`` is ``-mean |n_gen - n_ref| / n_ref``; ``exact`` is
+the share of compared objects with the exact count; all multiplied by ``scale``. A
+caption with no object counted on both sides gets ``empty_value`` (0.0).
+"""
+
+from rslavis.common.errors import ConfigError
+from rslavis.common.registry import registry
+from rslavis.rewards._objects import ObjectRewardMixin
+from rslavis.rewards.base_reward import BaseReward
+
+MODES = ("abs", "squared", "relative", "exact")
+
+
+def count_pairs(generated_objects, reference_counts, match):
+    """``[(n_gen, n_ref)]`` for the objects counted on both sides."""
+    pairs = []
+    for obj, n_ref in reference_counts.items():
+        if n_ref is None:
+            continue
+        h = match(obj, generated_objects)
+        if h is not None and generated_objects.get(h) is not None:
+            pairs.append((int(generated_objects[h]), int(n_ref)))
+    return pairs
+
+
+def count_errors(generated_objects, reference_counts, match):
+    """``(abs_error, signed_error, exact_share, n_compared)``; errors are None when nothing is compared."""
+    pairs = count_pairs(generated_objects, reference_counts, match)
+    if not pairs:
+        return None, None, None, 0
+    n = len(pairs)
+    return (sum(abs(g - r) for g, r in pairs) / n, sum(g - r for g, r in pairs) / n,
+            sum(1 for g, r in pairs if g == r) / n, n)
+
+
+@registry.register_reward("count")
+class CountReward(ObjectRewardMixin, BaseReward):
+    """Count reward (see module docstring). Config: ``mode`` (abs), ``scale`` (1.0),
+    ``empty_value`` (0.0), ``parser``. ``extra``: ``count_dicts``."""
+
+    def __init__(self, mode="abs", scale=1.0, empty_value=0.0, parser=None, cache_size=100000):
+        if mode not in MODES:
+            raise ConfigError(f"count reward: mode={mode!r} is invalid; valid modes: {', '.join(MODES)}.")
+        self._init_objects(parser, cache_size)
+        self.mode = mode
+        self.scale = float(scale)
+        self.empty_value = float(empty_value)
+
+    def errors(self, generated, references, count_dicts=None):
+        """``[(abs, signed, exact_share, n_compared)]`` per caption."""
+        gt = self.reference_counts(references, count_dicts)
+        gen = self.parser.parse_batch(list(generated))
+        return [count_errors(g, r, self.match) for g, r in zip(gen, gt)]
+
+    def _value(self, g, r):
+        pairs = count_pairs(g, r, self.match)
+        if not pairs:
+            return self.empty_value
+        n = len(pairs)
+        if self.mode == "abs":
+            v = -sum(abs(a - b) for a, b in pairs) / n
+        elif self.mode == "squared":
+            v = -sum((a - b) ** 2 for a, b in pairs) / n
+        elif self.mode == "relative":
+            v = -sum(abs(a - b) / max(b, 1) for a, b in pairs) / n
+        else:
+            v = sum(1 for a, b in pairs if a == b) / n
+        return v * self.scale
+
+    def __call__(self, generated, references, **extra):
+        gt = self.reference_counts(references, extra.get("count_dicts"))
+        gen = self.parser.parse_batch(list(generated))
+        return self.as_tensor([self._value(g, r) for g, r in zip(gen, gt)])

@@ -21,7 +21,14 @@ BUILTINS = {
         "rs_image_eval": "rslavis.processors.image_processors",
         "rs_caption": "rslavis.processors.text_processors",
     },
-    "reward": {},
+    "reward": {
+        "cider": "rslavis.rewards.cider",
+        "sde": "rslavis.rewards.sde",
+        "count": "rslavis.rewards.count",
+        "nkl": "rslavis.rewards.nkl",
+        "length": "rslavis.rewards.length",
+        "varentropy": "rslavis.rewards.varentropy",
+    },
     "lr_scheduler": {
         "linear_warmup_cosine_lr": "rslavis.runners.lr_schedulers",
         "linear_warmup_step_lr": "rslavis.runners.lr_schedulers",
@@ -30,5 +37,9 @@ BUILTINS = {
     "runner": {
         "runner_base": "rslavis.runners.runner_base",
     },
-    "parser": {},
+    "parser": {
+        "spacy": "rslavis.text.spacy_parser",
+        "rules": "rslavis.text.rules_parser",
+        "factual": "rslavis.text.factual_parser",
+    },
 }

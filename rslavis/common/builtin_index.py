@@ -12,6 +12,17 @@ BUILTINS = {
     },
     "builder": {
         "rs_synthetic": "rslavis.datasets.builders.synthetic",
+        "ucm_caption": "rslavis.datasets.builders.caption_builders",
+        "rsicd_caption": "rslavis.datasets.builders.caption_builders",
+        "sydney_caption": "rslavis.datasets.builders.caption_builders",
+        "coco_caption_format": "rslavis.datasets.builders.caption_builders",
+        "rsicap_caption": "rslavis.datasets.builders.caption_builders",
+        "rsieval_caption": "rslavis.datasets.builders.caption_builders",
+        "vrsbench_caption": "rslavis.datasets.builders.caption_builders",
+        "rsieval_vqa": "rslavis.datasets.builders.vqa_builders",
+        "vrsbench_vqa": "rslavis.datasets.builders.vqa_builders",
+        "rsvqa_lr": "rslavis.datasets.builders.vqa_builders",
+        "rsvqa_hr": "rslavis.datasets.builders.vqa_builders",
     },
     "task": {
         "captioning": "rslavis.tasks.captioning",
@@ -20,6 +31,7 @@ BUILTINS = {
         "rs_image_train": "rslavis.processors.image_processors",
         "rs_image_eval": "rslavis.processors.image_processors",
         "rs_caption": "rslavis.processors.text_processors",
+        "rs_question": "rslavis.processors.text_processors",
     },
     "reward": {
         "cider": "rslavis.rewards.cider",

@@ -3,6 +3,11 @@
 Scenes are generated on first use into ``build_info.cache_dir/<hash of the generation
 settings>/`` (PNG images and ``annotations.json``) and reused after; changing a
 setting generates a new folder, so a cache never serves stale scenes.
+
+``type: confounded`` (defaults in ``configs/datasets/rs_synthetic/confounded.yaml``)
+is the hallucination-study variant: a context background co-occurs with an object in
+a configurable share of training scenes, and the test split shows the context without
+the object. Its records add ``in_context`` and ``has_object``.
 """
 
 import hashlib
@@ -23,7 +28,32 @@ logger = logging.getLogger(__name__)
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 
 
-def generation_settings(build_info):
+def confounded_settings(build_info):
+    """The ``build_info.confounded`` block, validated."""
+    from rslavis.datasets.synthetic.scenes import BACKGROUNDS
+
+    c = _get(build_info, "confounded", {})
+    out = {
+        "context": str(_get(c, "context", "concrete")),
+        "object": str(_get(c, "object", "plane")),
+        "cooccurrence": float(_get(c, "cooccurrence", 0.9)),
+        "context_share": float(_get(c, "context_share", 0.3)),
+    }
+    key = "datasets.rs_synthetic.build_info.confounded"
+    if out["context"] not in BACKGROUNDS:
+        raise ConfigError(f"{key}.context: {out['context']!r} is not a background; valid: {', '.join(BACKGROUNDS)}.")
+    allowed = BACKGROUNDS[out["context"]][1]
+    if out["object"] not in allowed:
+        raise ConfigError(f"{key}.object: {out['object']!r} cannot appear on {out['context']!r}; valid there: {', '.join(allowed)}.")
+    if len(allowed) < 2:
+        raise ConfigError(f"{key}.context: {out['context']!r} has no object besides {out['object']!r}, so a test scene without it cannot be drawn.")
+    for name in ("cooccurrence", "context_share"):
+        if not 0.0 <= out[name] <= 1.0:
+            raise ConfigError(f"{key}.{name} must be between 0 and 1, got {out[name]}.")
+    return out
+
+
+def generation_settings(build_info, confounded=False):
     sizes = _get(build_info, "sizes", {"train": 1500, "val": 100, "test": 200})
     settings = {
         "version": 1,
@@ -34,6 +64,8 @@ def generation_settings(build_info):
         "max_count": int(_get(build_info, "max_count", 4)),
         "sizes": {str(k): int(v) for k, v in dict(sizes).items()},
     }
+    if confounded:  # only then: the default settings (and their cache hash) stay as they were
+        settings["confounded"] = confounded_settings(build_info)
     for split, n in settings["sizes"].items():
         if split not in SPLIT_SEEDS:
             raise ConfigError(f"datasets.rs_synthetic.build_info.sizes: unknown split {split!r}; valid: {', '.join(SPLIT_SEEDS)}.")
@@ -42,14 +74,14 @@ def generation_settings(build_info):
     return settings
 
 
-def materialise(build_info):
+def materialise(build_info, confounded=False):
     """Generate (once) and return the folder holding ``annotations.json`` and ``images/``."""
     from PIL import Image
     from tqdm import tqdm
 
-    from rslavis.datasets.synthetic.scenes import generate_split
+    from rslavis.datasets.synthetic.scenes import generate_confounded_split, generate_split
 
-    settings = generation_settings(build_info)
+    settings = generation_settings(build_info, confounded)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(_get(build_info, "cache_dir", "cache/rs_synthetic")).expanduser()
     target = root / key
@@ -67,7 +99,14 @@ def materialise(build_info):
             for split, n in settings["sizes"].items():
                 seed = settings["seed"] * 1000 + SPLIT_SEEDS[split]
                 records = []
-                scenes = generate_split(n, seed, settings["image_size"], settings["captions_per_image"], settings["max_kinds"], settings["max_count"])
+                if "confounded" in settings:
+                    c = settings["confounded"]
+                    scenes = generate_confounded_split(
+                        n, seed, split, c["context"], c["object"], c["cooccurrence"], c["context_share"],
+                        settings["image_size"], settings["captions_per_image"], settings["max_kinds"], settings["max_count"],
+                    )
+                else:
+                    scenes = generate_split(n, seed, settings["image_size"], settings["captions_per_image"], settings["max_kinds"], settings["max_count"])
                 for i, (img, meta) in enumerate(scenes):
                     fname = f"{split}_{i:06d}.png"
                     Image.fromarray(img).save(tmp / "images" / fname)
@@ -90,22 +129,28 @@ def materialise(build_info):
 
 @registry.register_builder("rs_synthetic")
 class SyntheticSceneBuilder(BaseDatasetBuilder):
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/rs_synthetic/defaults.yaml"}
+    DATASET_CONFIG_DICT = {
+        "default": "configs/datasets/rs_synthetic/defaults.yaml",
+        "confounded": "configs/datasets/rs_synthetic/confounded.yaml",
+    }
 
     def build(self):
         build_info = _get(self.config, "build_info", {})
-        folder = materialise(build_info)
+        folder = materialise(build_info, confounded=_get(self.config, "type", "default") == "confounded")
         with open(folder / "annotations.json") as f:
             annotations = json.load(f)
-        prompt = _get(self.config, "prompt", "")
         datasets = {}
         for split, records in annotations["splits"].items():
             recs = [
-                {"image_id": r["image_id"], "image": str(folder / "images" / r["filename"]), "captions": r["captions"], "count_dict": r["count_dict"], "background": r["background"]}
+                {
+                    "image_id": r["image_id"],
+                    "image": str(folder / "images" / r["filename"]),
+                    "captions": r["captions"],
+                    "count_dict": r["count_dict"],
+                    "background": r["background"],
+                    **{k: r[k] for k in ("in_context", "has_object") if k in r},
+                }
                 for r in records
             ]
-            is_train = split == "train"
-            cls = CaptionTrainDataset if is_train else CaptionEvalDataset
-            proc_key = "train" if is_train else "eval"
-            datasets[split] = cls(recs, self.vis_processors.get(proc_key), self.text_processors.get(proc_key), prompt)
+            datasets[split] = self.make_dataset(split, recs, CaptionTrainDataset, CaptionEvalDataset)
         return datasets

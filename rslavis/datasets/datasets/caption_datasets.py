@@ -1,66 +1,112 @@
 """Caption datasets over a list of image records.
 
-A record is ``{"image_id", "image" (path), "captions": [str], "count_dict"?}``.
+A record is ``{"image_id", "image" (path), "captions": [str], "count_dict"?, "prompt"?}``
+(``prompt``: a per-image instruction, as RSICap has, overriding the dataset prompt).
 Training items are one per (image, caption); evaluation items are one per image and
-carry all its references. Sample keys follow LAVIS (see DESIGN.md).
+carry all its references. Sample keys follow LAVIS (see DESIGN.md):
+
+* train: ``image``, ``image_id``, ``text_input`` (prompt), ``text_output`` (caption),
+  ``references`` and ``count_dict`` when attached;
+* eval: ``image``, ``image_id``, ``text_input``, ``references``, ``count_dict``.
+
+With a feature cache attached (:mod:`rslavis.datasets.feature_cache`) samples carry
+``image_features`` (a tensor row of the cache) instead of ``image``.
+
+An image that is missing or cannot be decoded makes ``__getitem__`` return None with a
+warning naming the file (once per file and process); :func:`collate` drops None, and
+``dataset.skipped_images`` counts the samples dropped so far (shared with DataLoader
+workers). ``strict=True`` raises the :class:`DataError` instead.
 """
 
+import logging
+
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
 from rslavis.common.errors import DataError
+from rslavis.datasets.image_io import SkipCounter, load_image  # noqa: F401  (load_image re-exported)
 
-
-def load_image(path):
-    """Open an image file as RGB PIL image; a missing or unreadable file is a DataError."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except Exception as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+logger = logging.getLogger(__name__)
 
 
 def collate(samples):
-    """Stack tensors, keep lists of everything else (captions, references, dicts)."""
+    """Drop None samples; stack tensors, keep lists of everything else (captions, references, dicts)."""
     samples = [s for s in samples if s is not None]
     if not samples:
         return {}
     out = {}
     for key in samples[0]:
-        values = [s[key] for s in samples]
+        values = [s.get(key) for s in samples]
         if isinstance(values[0], torch.Tensor):
             out[key] = torch.stack(values)
-        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool) and key != "image_id":
+        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool) and key not in ("image_id", "question_id"):
             out[key] = default_collate(values)
         else:
             out[key] = values
     return out
 
 
-class _CaptionBase(Dataset):
-    def __init__(self, records, vis_processor=None, text_processor=None, prompt=""):
+class ImageRecordDataset(Dataset):
+    """Shared image handling: processors, skip-and-count of unreadable images, feature cache."""
+
+    def __init__(self, records, vis_processor=None, text_processor=None, prompt="", strict=False, image_options=None):
         self.records = records
         self.vis_processor = vis_processor
         self.text_processor = text_processor or (lambda s: s)
-        self.prompt = prompt
+        self.prompt = prompt or ""
+        self.strict = bool(strict)
+        self.image_options = dict(image_options or {})
+        self.skip_counter = SkipCounter()
+        self._warned = set()
+        self.features = None  # (array, {image path: row}) once a feature cache is attached
 
-    def _image(self, record):
-        image = load_image(record["image"])
-        return self.vis_processor(image) if self.vis_processor else image
+    @property
+    def skipped_images(self):
+        """Samples dropped so far because their image could not be read (all workers, all epochs)."""
+        return self.skip_counter.value
+
+    def image_paths(self):
+        """Distinct image paths in record order (the feature cache's image list)."""
+        seen = dict.fromkeys(r["image"] for r in self.records)
+        return list(seen)
+
+    def use_features(self, array, paths):
+        """Serve ``image_features`` rows of ``array`` (row i = ``paths[i]``) instead of decoding images."""
+        self.features = (array, {p: i for i, p in enumerate(paths)})
+
+    def _visual(self, record):
+        """``("image", tensor)`` or ``("image_features", tensor)``; None when the image is unreadable."""
+        if self.features is not None:
+            array, rows = self.features
+            row = rows.get(record["image"])
+            if row is not None:
+                return "image_features", torch.from_numpy(array[row].copy())
+        try:
+            image = load_image(record["image"], **self.image_options)
+        except DataError as exc:
+            if self.strict:
+                raise DataError(f"{exc} (build_info.strict is true; set it to false to skip unreadable images)") from None
+            self.skip_counter.add(record["image"])
+            if record["image"] not in self._warned:
+                self._warned.add(record["image"])
+                logger.warning("skipping a sample: %s", exc)
+            return None
+        return "image", (self.vis_processor(image) if self.vis_processor else image)
 
     def collater(self, samples):
         return collate(samples)
 
 
-class CaptionTrainDataset(_CaptionBase):
+# Kept for code written against the first version of this module.
+_CaptionBase = ImageRecordDataset
+
+
+class CaptionTrainDataset(ImageRecordDataset):
     """One item per (image, caption): ``image``, ``image_id``, ``text_input`` (prompt), ``text_output``."""
 
-    def __init__(self, records, vis_processor=None, text_processor=None, prompt=""):
-        super().__init__(records, vis_processor, text_processor, prompt)
+    def __init__(self, records, vis_processor=None, text_processor=None, prompt="", strict=False, image_options=None):
+        super().__init__(records, vis_processor, text_processor, prompt, strict, image_options)
         self.index = [(i, j) for i, r in enumerate(records) for j in range(len(r["captions"]))]
 
     def __len__(self):
@@ -69,10 +115,13 @@ class CaptionTrainDataset(_CaptionBase):
     def __getitem__(self, idx):
         i, j = self.index[idx]
         record = self.records[i]
+        visual = self._visual(record)
+        if visual is None:
+            return None
         sample = {
-            "image": self._image(record),
+            visual[0]: visual[1],
             "image_id": record["image_id"],
-            "text_input": self.prompt,
+            "text_input": record.get("prompt", self.prompt),
             "text_output": self.text_processor(record["captions"][j]),
             "references": list(record["captions"]),
         }
@@ -83,8 +132,12 @@ class CaptionTrainDataset(_CaptionBase):
     def all_captions(self):
         return [self.text_processor(c) for r in self.records for c in r["captions"]]
 
+    def references(self):
+        """``{image_id: [captions]}`` (SCST and CIDEr document frequencies use the training ones)."""
+        return {r["image_id"]: list(r["captions"]) for r in self.records}
 
-class CaptionEvalDataset(_CaptionBase):
+
+class CaptionEvalDataset(ImageRecordDataset):
     """One item per image: ``image``, ``image_id``, ``text_input`` (prompt), ``references``."""
 
     def __len__(self):
@@ -92,10 +145,13 @@ class CaptionEvalDataset(_CaptionBase):
 
     def __getitem__(self, idx):
         record = self.records[idx]
+        visual = self._visual(record)
+        if visual is None:
+            return None
         sample = {
-            "image": self._image(record),
+            visual[0]: visual[1],
             "image_id": record["image_id"],
-            "text_input": self.prompt,
+            "text_input": record.get("prompt", self.prompt),
             "references": list(record["captions"]),
         }
         if "count_dict" in record:
@@ -105,3 +161,6 @@ class CaptionEvalDataset(_CaptionBase):
     def references(self):
         """``{image_id: [captions]}`` for metric computation."""
         return {r["image_id"]: list(r["captions"]) for r in self.records}
+
+    def all_captions(self):
+        return [self.text_processor(c) for r in self.records for c in r["captions"]]

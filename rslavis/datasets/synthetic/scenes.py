@@ -169,3 +169,55 @@ def generate_split(n, seed, size=64, n_captions=5, max_kinds=2, max_count=4):
         rng = np.random.default_rng([seed, i, 1])
         out.append((img, {"background": background, "captions": captions_for(background, counts, rng, n_captions), "count_dict": counts}))
     return out
+
+
+def generate_scene_with(seed, size=64, background="meadow", include=None, exclude=(), max_kinds=2, max_count=4):
+    """A scene on ``background`` that shows ``include`` (when given) and none of ``exclude``.
+
+    The confounded split uses it; ``generate_scene`` is left as it is so the default
+    configuration keeps drawing the same scenes.
+    """
+    rng = np.random.default_rng(seed)
+    allowed = [o for o in BACKGROUNDS[background][1] if o not in exclude and o != include]
+    while True:
+        if include is not None:
+            n_extra = int(rng.integers(0, min(max_kinds - 1, len(allowed)) + 1)) if allowed else 0
+            extra = [str(o) for o in rng.choice(allowed, size=n_extra, replace=False)] if n_extra else []
+            kinds = [include, *extra]
+        else:
+            k = int(rng.integers(1, min(max_kinds, len(allowed)) + 1))
+            kinds = [str(o) for o in rng.choice(allowed, size=k, replace=False)]
+        counts = {o: int(rng.integers(1, max_count + 1)) for o in kinds}
+        boxes = _place(counts, size, rng)
+        if boxes is not None:
+            break
+    img = _background(background, size, rng)
+    for obj, top, left, hh, ww in boxes:
+        _draw(img, obj, top, left, hh, ww, rng)
+    return np.clip(img, 0, 255).astype(np.uint8), counts
+
+
+def generate_confounded_split(n, seed, split, context="concrete", obj="plane", cooccurrence=0.9, context_share=0.3, size=64, n_captions=5, max_kinds=2, max_count=4):
+    """Scenes where ``context`` (a background) and ``obj`` are confounded.
+
+    ``train``/``val``: a share ``context_share`` of scenes shows the context, and
+    ``cooccurrence`` of those also show ``obj``; the rest are ordinary scenes on the other
+    backgrounds. ``test``: every scene shows the context and never ``obj``, so a caption
+    naming ``obj`` there is a hallucination. Metadata adds ``in_context`` and ``has_object``.
+    """
+    others = [b for b in BACKGROUNDS if b != context]
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 7])
+        if split == "test":
+            background, include, exclude = context, None, (obj,)
+        elif rng.random() < context_share:
+            background = context
+            include, exclude = (obj, ()) if rng.random() < cooccurrence else (None, (obj,))
+        else:
+            background, include, exclude = others[int(rng.integers(len(others)))], None, ()
+        img, counts = generate_scene_with([seed, i], size, background, include, exclude, max_kinds, max_count)
+        caps = captions_for(background, counts, np.random.default_rng([seed, i, 1]), n_captions)
+        meta = {"background": background, "captions": caps, "count_dict": counts, "in_context": background == context, "has_object": obj in counts}
+        out.append((img, meta))
+    return out

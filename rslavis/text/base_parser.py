@@ -120,10 +120,22 @@ class BaseCaptionParser:
             words = [t.text for t in toks[i : i + n - 1]] + [toks[i + n - 1].lemma]
             if any(t.pos in ("PUNCT", "NUM", "DET") for t in toks[i : i + n]):
                 continue
-            phrase = " ".join(words)
-            if phrase in self.table.compounds:
-                return i + n, phrase
+            found = self.table.compound(" ".join(words))
+            if found is not None:
+                return i + n, found
         return i + 1, None
+
+    def _compound_before(self, toks, i):
+        """(start, name) of a known compound ending at noun ``i`` whose modifiers are not
+        tagged as nouns ("photovoltaic panel", "swimming pool" with "swimming" a verb)."""
+        for n in range(min(self.table.max_compound_words, i + 1), 1, -1):
+            mods = toks[i - n + 1 : i]
+            if any(t.pos in ("PUNCT", "NUM", "DET", "ADP", "CCONJ", "AUX", "PRON") for t in mods):
+                continue
+            found = self.table.compound(" ".join([t.text for t in mods] + [toks[i].lemma]))
+            if found is not None:
+                return i - n + 1, found
+        return i, None
 
     def _quantity(self, toks, start):
         """(kind, value) from the words before position ``start``.
@@ -180,6 +192,9 @@ class BaseCaptionParser:
                 i += 1
                 continue
             end, compound = self._unit_end(toks, i)
+            start = i
+            if compound is None and not t.modifier:
+                start, compound = self._compound_before(toks, i)
             last = toks[end - 1]
             if compound is None:
                 # a noun modifying the next noun belongs to that noun's phrase
@@ -196,7 +211,7 @@ class BaseCaptionParser:
                                 (last.text in QUANTITY_NOUNS or last.lemma in QUANTITY_NOUNS)):
                 i = end
                 continue
-            kind, value = self._quantity(toks, i)
+            kind, value = self._quantity(toks, start)
             if name in self.table.mass_nouns or (compound is None and last.lemma in self.table.mass_nouns):
                 kind, value = "vague", None
             elif kind in ("none", "definite"):

@@ -186,7 +186,11 @@ class SynonymTable:
                 self.to_canonical.setdefault(v, canon)
         self.compounds = {c for c in list(DEFAULT_COMPOUNDS) + [str(c).lower() for c in compounds]}
         self.compounds |= {t for t in self.to_canonical if " " in t}
-        # first word -> longest compound length in words, to bound the matcher's look-ahead
+        self.compounds_by_head = {}
+        for c in self.compounds:
+            self.compounds_by_head.setdefault(c.rsplit(" ", 1)[1], []).append(c)
+        self._compound_fuzzy = {}
+        # longest compound length in words, to bound the matcher's look-ahead
         self.max_compound_words = max((len(c.split()) for c in self.compounds), default=1)
         self.non_objects = set(DEFAULT_NON_OBJECTS) | {str(w).lower() for w in non_objects}
         self.non_objects -= set(self.to_canonical)  # a synonym-table name is always an object
@@ -215,6 +219,21 @@ class SynonymTable:
             self._fuzzy_cache.clear()
         self._fuzzy_cache[word] = found
         return found
+
+    def compound(self, phrase):
+        """The known compound ``phrase`` names (exactly, or with a typo in its modifier), or None."""
+        if phrase in self.compounds:
+            return phrase
+        head = phrase.rsplit(" ", 1)[-1]
+        cands = self.compounds_by_head.get(head)
+        if not cands or self.fuzzy_cutoff >= 1.0:
+            return None
+        if phrase not in self._compound_fuzzy:
+            close = difflib.get_close_matches(phrase, cands, n=1, cutoff=self.fuzzy_cutoff)
+            if len(self._compound_fuzzy) > 200000:
+                self._compound_fuzzy.clear()
+            self._compound_fuzzy[phrase] = close[0] if close else None
+        return self._compound_fuzzy[phrase]
 
     def is_known(self, name):
         return name in self.to_canonical or name in self.nouns or name in self.compounds

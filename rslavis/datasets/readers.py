@@ -6,10 +6,36 @@ ones of :mod:`rslavis.datasets.datasets.caption_datasets` and ``vqa_datasets``.
 Malformed files raise :class:`DataError` naming the file and the expected layout.
 """
 
+import contextlib
+import functools
+import gc
 import json
 from pathlib import Path
 
 from rslavis.common.errors import DataError
+
+
+@contextlib.contextmanager
+def no_gc():
+    """Pause the cyclic garbage collector: building millions of small dicts and strings
+    otherwise triggers repeated full collections over every live object (with torch
+    loaded that doubles the time to read RSICD). Nothing built here forms cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _without_gc(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with no_gc():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def load_json(path):
@@ -46,6 +72,7 @@ def _field(item, key, path, layout, index):
 KARPATHY_LAYOUT = '{"images": [{"filename", "imgid", "split", "sentences": [{"raw", "tokens"}]}]} (Karpathy dataset.json)'
 
 
+@_without_gc
 def read_karpathy(path, image_root, caption_field="raw", split_map=None):
     """Karpathy ``dataset.json`` to ``{split: [record]}``; ``image_id`` is ``imgid``.
 
@@ -80,6 +107,7 @@ def read_karpathy(path, image_root, caption_field="raw", split_map=None):
 COCO_LAYOUT = '{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]} (COCO captions)'
 
 
+@_without_gc
 def read_coco_captions(path, image_root, file_name_pattern=None):
     """COCO caption file to ``[record]`` (one per image that has captions), in ``images`` order.
 
@@ -118,6 +146,7 @@ def read_coco_captions(path, image_root, file_name_pattern=None):
 RSICAP_LAYOUT = '{"annotations": [{"image_id", "filename", "text_input", "text_output"}]} (RSICap captions.json)'
 
 
+@_without_gc
 def read_rsicap(path, image_root):
     """RSICap to ``[record]``: the instruction ``text_input`` becomes the record's prompt."""
     data = load_json(path)
@@ -142,6 +171,7 @@ def read_rsicap(path, image_root):
 RSIEVAL_LAYOUT = '{"annotations": [{"filename", "caption", "qa_pairs": [{"question", "answer", "type"}]}]} (RSIEval annotations.json)'
 
 
+@_without_gc
 def read_rsieval(path, image_root):
     """RSIEval to ``(caption records, question records)``; ids from the file name stem."""
     data = load_json(path)
@@ -178,6 +208,7 @@ def _image_name(name, image_ext):
     return name if Path(name).suffix else name + image_ext
 
 
+@_without_gc
 def read_vrsbench_eval(path, image_root, image_ext=".png"):
     """VRSBench evaluation records (captions or VQA) as a list of raw dicts plus image paths."""
     data = load_json(path)
@@ -203,6 +234,7 @@ def read_vrsbench_eval(path, image_root, image_ext=".png"):
     return out
 
 
+@_without_gc
 def read_vrsbench_train(path, image_root, image_ext=".png"):
     """VRSBench per-image training records (file or folder) as raw dicts with image paths."""
     p = Path(path)
@@ -233,6 +265,7 @@ RSVQA_LAYOUT = (
 )
 
 
+@_without_gc
 def read_rsvqa(images_json, questions_json, answers_json, image_root, image_ext=".tif"):
     """RSVQA (LR or HR) split to question records, joining the three files by id; inactive entries dropped."""
     images = load_json(images_json)

@@ -10,7 +10,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import shutil
 
 logger = logging.getLogger(__name__)
@@ -37,12 +36,40 @@ def spice_jars_present():
     return os.path.isdir(lib) and any(f.startswith("stanford-corenlp-") and f.endswith(".jar") for f in os.listdir(lib))
 
 
-_PUNCT = re.compile(r"[^\w\s]")
 
 
 def simple_tokenize(text):
-    """Lower-case, drop punctuation, collapse spaces: the PTB tokenizer's effect on captions."""
-    return " ".join(_PUNCT.sub(" ", str(text).lower()).split())
+    """Lower-case, drop punctuation, collapse spaces: the PTB tokenizer's effect on captions.
+
+    The same tokens as :func:`rslavis.text.tokenize.simple_tokenize` (used by the rewards), joined.
+    """
+    from rslavis.text.tokenize import simple_tokenize as _tok
+
+    return " ".join(_tok(text))
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence stdout/stderr at the file-descriptor level: the Java PTB tokenizer writes its
+    "PTBTokenizer tokenized ..." line from a subprocess, which ``redirect_stderr`` misses."""
+    saved = []
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            saved.append((fd, os.dup(fd)))
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:  # no real descriptors (e.g. captured streams): leave them alone
+        for fd, old in saved:
+            os.dup2(old, fd)
+            os.close(old)
+        saved = []
+    try:
+        yield
+    finally:
+        for fd, old in saved:
+            os.dup2(old, fd)
+            os.close(old)
 
 
 def tokenize(captions_by_id):
@@ -51,7 +78,11 @@ def tokenize(captions_by_id):
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
         data = {k: [{"caption": c} for c in v] for k, v in captions_by_id.items()}
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with _quiet_fds(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return PTBTokenizer().tokenize(data)
     _warn_once("ptb", "Java not found: using a pure-Python tokenizer instead of the PTB tokenizer.")
     return {k: [simple_tokenize(c) for c in v] for k, v in captions_by_id.items()}
@@ -84,8 +115,10 @@ def caption_metrics(references, predictions, meteor=True, spice=True):
             from pycocoevalcap.spice.spice import Spice
 
             scorers.append((Spice(), "SPICE"))
+        elif not java_available():
+            _warn_once("spice", "SPICE skipped: Java is not installed.")
         else:
-            _warn_once("spice", "SPICE skipped: its Stanford CoreNLP jars (and Java) are not present.")
+            _warn_once("spice", "SPICE skipped: its Stanford CoreNLP jars are not in pycocoevalcap/spice/lib (they cannot be downloaded here).")
     out = {}
     for scorer, names in scorers:
         with contextlib.redirect_stdout(io.StringIO()):

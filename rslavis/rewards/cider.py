@@ -53,6 +53,10 @@ def load_corpus(path, split="train"):
     return list(load_references(path, split=split).values())
 
 
+def _split_batch(texts):
+    return [t.split() if isinstance(t, str) else ([] if t is None else str(t).split()) for t in texts]
+
+
 def _pack(word_ids, lengths, n_max):
     """Packed n-gram keys of concatenated captions.
 
@@ -98,12 +102,15 @@ class CiderD(BaseReward):
 
     Config keys: ``corpus`` (list of reference lists, or a caption file path),
     ``corpus_split`` (default ``train``, for Karpathy files), ``n`` (4), ``sigma`` (6.0),
-    ``scale`` (1.0, multiplies the reward; the metric itself is :meth:`score`).
+    ``scale`` (1.0, multiplies the reward; the metric itself is :meth:`score`),
+    ``pretokenized`` (false; true splits captions on white space only, for text already
+    tokenized, e.g. by the PTB tokenizer).
     Without a corpus, each call uses its own references as the corpus (pycocoevalcap's
     behaviour) and warns once.
     """
 
-    def __init__(self, corpus=None, corpus_split="train", n=4, sigma=6.0, scale=1.0, cache_size=200000):
+    def __init__(self, corpus=None, corpus_split="train", n=4, sigma=6.0, scale=1.0, cache_size=200000,
+                 pretokenized=False):
         if not (isinstance(n, int) and 1 <= n <= 4):
             raise ConfigError(f"cider: n={n!r} is invalid; use an integer from 1 to 4.")
         try:
@@ -114,6 +121,8 @@ class CiderD(BaseReward):
         if self.sigma <= 0:
             raise ConfigError(f"cider: sigma={sigma!r} must be > 0.")
         self.n = n
+        self.pretokenized = bool(pretokenized)
+        self._tokenize = _split_batch if self.pretokenized else tokenize_batch
         self.cache_size = int(cache_size)
         self._warned_batch = False
         self._reset()
@@ -149,7 +158,7 @@ class CiderD(BaseReward):
         for i, r in enumerate(refs):
             flat.extend(r)
             owner_img.extend([i] * len(r))
-        toks = tokenize_batch(flat)
+        toks = self._tokenize(flat)
         ids, lengths = self._word_ids(toks, grow=True)
         keys, owner = _pack(ids, lengths, self.n)
         uniq, inv = np.unique(keys, return_inverse=True)
@@ -242,7 +251,7 @@ class CiderD(BaseReward):
             for i, r in enumerate(missing):
                 flat.extend(r)
                 owner_img.extend([i] * len(r))
-            toks = tokenize_batch(flat)
+            toks = self._tokenize(flat)
             ids, lengths = self._word_ids(toks, grow=True)
             keys, owner = _pack(ids, lengths, self.n)
             dense = self._lookup(keys)
@@ -298,7 +307,7 @@ class CiderD(BaseReward):
                     "cider: no corpus given, document frequencies come from each call's references "
                     "(pycocoevalcap's behaviour); pass corpus= or call set_corpus() with the training references."
                 )
-            batch = CiderD(n=self.n, sigma=self.sigma)
+            batch = CiderD(n=self.n, sigma=self.sigma, pretokenized=self.pretokenized)
             batch.set_corpus([list(r) for r in references])
             return batch._score(generated, references)
         return self._score(generated, references)
@@ -311,8 +320,12 @@ class CiderD(BaseReward):
         entries = self._ref_entries(references)
         g = self.df.size
 
-        # candidate vectors
-        toks = tokenize_batch(generated)
+        # candidate vectors, computed once per distinct caption (sampled captions repeat)
+        index = {}
+        inv = np.fromiter((index.setdefault(c, len(index)) for c in generated), dtype=np.int64, count=b)
+        uniq = list(index)
+        nu = len(uniq)
+        toks = self._tokenize(uniq)
         ids, lengths = self._word_ids(toks, grow=False)
         keys, owner = _pack(ids, lengths, n)
         dense = self._lookup(keys)
@@ -326,16 +339,29 @@ class CiderD(BaseReward):
             uorder = np.zeros(0, np.int64)
         span = g + uorder.size
         comb, tf = np.unique(owner * span + dense, return_counts=True)
-        cand = comb // span
+        cu = comb // span
         d = comb % span
         known = d < g
         dk = np.where(known, d, 0)
         df = np.where(known, self.df[dk], 0.0)
         order = np.where(known, self.order[dk], uorder[np.where(known, 0, d - g)] if uorder.size else 0)
         w = tf * (self.ref_len - np.log(np.maximum(1.0, df)))
+        norm_u = np.sqrt(np.bincount(cu * n + order - 1, weights=w * w, minlength=nu * n)).reshape(nu, n)
+        len_u = np.maximum(lengths - 1, 0).astype(np.float64)
+        if nu < b:  # expand the distinct captions' entries to every candidate
+            sizes_u = np.bincount(cu, minlength=nu)
+            starts_u = np.concatenate([[0], np.cumsum(sizes_u)[:-1]])
+            sizes = sizes_u[inv]
+            total = int(sizes.sum())
+            offsets = np.cumsum(sizes) - sizes
+            idx = np.repeat(starts_u[inv] - offsets, sizes) + np.arange(total, dtype=np.int64)
+            d, w, order, known = d[idx], w[idx], order[idx], known[idx]
+            cand = np.repeat(np.arange(b, dtype=np.int64), sizes)
+        else:
+            cand = cu
         slot = cand * n + order - 1
-        norm_h = np.sqrt(np.bincount(slot, weights=w * w, minlength=b * n)).reshape(b, n)
-        len_h = np.maximum(lengths - 1, 0).astype(np.float64)
+        norm_h = norm_u[inv]
+        len_h = len_u[inv]
 
         # references of each candidate, concatenated in candidate order (keys stay sorted)
         m_max = max(e.m for e in entries)

@@ -81,13 +81,21 @@ def run(args):
     job_id = dist_utils.broadcast_object(job_id)
     cfg.config.run.job_id = job_id
 
+    from rslavis.common.checkpoint import seed_everything
+
+    seed_everything(int(cfg.run.seed) + dist_utils.get_rank())  # model initialisation is reproducible
     task = registry.get_task_class(cfg.run.task).setup_task(cfg)
-    datasets = task.build_datasets(cfg)
+    with dist_utils.main_process_first():  # rank 0 writes dataset caches once
+        datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     runner_cls = registry.get_runner_class(cfg.run.get("runner") or "runner_base")
     runner = runner_cls(cfg, task, model, datasets, job_id)
-    metrics = runner.train()
-    if dist_utils.is_main_process():
+    is_main = dist_utils.is_main_process()
+    try:
+        metrics = runner.train()
+    finally:
+        dist_utils.destroy()
+    if is_main:
         print(json.dumps({"output_dir": str(runner.output_dir), "test": metrics}, indent=2))
     return 0
 

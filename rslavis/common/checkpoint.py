@@ -1,4 +1,4 @@
-"""Atomic checkpoint and result writes.
+"""Atomic checkpoint and result writes, and the RNG state that exact resume needs.
 
 Every file is written to a temporary file in the same folder, flushed to disk and
 renamed over the target, so a crash at any moment leaves either the old file or the
@@ -43,6 +43,13 @@ def atomic_write_json(obj, path, indent=None):
 
 def atomic_write_text(text, path):
     _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rng_state():

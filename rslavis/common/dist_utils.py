@@ -1,5 +1,6 @@
 """Distributed helpers that make no collective call unless a process group exists."""
 
+import contextlib
 import logging
 import os
 
@@ -7,6 +8,15 @@ import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+_warned = set()
+
+
+def _warn_once(msg, *args):
+    # train.py and the runner both resolve the device; the user needs to read it once
+    key = msg % args
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(msg, *args)
 
 
 def is_dist_avail_and_initialized():
@@ -33,7 +43,7 @@ def resolve_device(requested):
     """The device to run on: a CUDA request without CUDA falls back to CPU with one warning."""
     requested = str(requested or "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("run.device is %r but CUDA is not available: running on CPU.", requested)
+        _warn_once("run.device is %r but CUDA is not available: running on CPU.", requested)
         return torch.device("cpu")
     if requested.startswith("cuda") and launched_by_torchrun():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -54,13 +64,28 @@ def init_distributed_mode(run_cfg, device):
             dist.init_process_group(backend=backend, init_method=run_cfg.get("dist_url") or "env://")
         return True
     if run_cfg.get("distributed"):
-        logger.warning("run.distributed is true but the run was not launched by torchrun: running one process.")
+        _warn_once("run.distributed is true but the run was not launched by torchrun: running one process.")
     return False
 
 
 def barrier():
     if is_dist_avail_and_initialized():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first (e.g. writes a cache), the others after it; no-op alone."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
+def destroy():
+    if is_dist_avail_and_initialized():
+        dist.destroy_process_group()
 
 
 def all_gather_object(obj):

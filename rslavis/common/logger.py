@@ -48,3 +48,14 @@ class RunLogger:
     def close(self):
         if self.tb is not None:
             self.tb.close()
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar; redrawn at most every 10 s when stderr is not a terminal (CI logs stay short)."""
+    from tqdm import tqdm
+
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("dynamic_ncols", True)
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 10.0)
+    return tqdm(iterable, **kwargs)

@@ -15,7 +15,6 @@ the ``rslavis.plugins`` entry-point group or a project YAML's ``plugins:`` list;
 are imported before an unknown name is reported.
 """
 
-import difflib
 import importlib
 import logging
 import threading
@@ -47,6 +46,8 @@ def _import_dotted(path):
 
 def closest_match(name, candidates):
     """The candidate closest to ``name`` (difflib ratio), or None when nothing is close."""
+    import difflib  # only needed on the error path
+
     found = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.5)
     return found[0] if found else None
 

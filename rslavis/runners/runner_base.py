@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
-from tqdm import tqdm
 
 from rslavis.common import dist_utils
-from rslavis.common.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from rslavis.common.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint, rng_state, seed_everything, set_rng_state
 from rslavis.common.errors import ConfigError, RslavisError
-from rslavis.common.logger import RunLogger
+from rslavis.common.logger import RunLogger, progress
 from rslavis.common.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -91,7 +90,8 @@ class RunnerBase:
     def model(self):
         if self.distributed and self._wrapped is None:
             self._wrapped = torch.nn.parallel.DistributedDataParallel(
-                self._model, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
+                self._model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(self._model, "ddp_find_unused_parameters", False),
             )
         return self._wrapped if self.distributed else self._model
 
@@ -186,13 +186,7 @@ class RunnerBase:
     # ------------------------------------------------------------------ train / eval
     def train(self):
         run = self.run_cfg
-        torch.manual_seed(self.seed)
-        import random
-
-        import numpy as np
-
-        random.seed(self.seed)
-        np.random.seed(self.seed)
+        seed_everything(self.seed)
         if self.is_main:
             atomic_write_text(self.cfg.to_yaml(), self.output_dir / "config.yaml")
         self.unwrapped.prepare_for_training(self.datasets, self.output_dir)
@@ -260,7 +254,7 @@ class RunnerBase:
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.time()
         it = iter(loader)
-        bar = tqdm(range(iters), desc=f"epoch {epoch}", leave=False, disable=not self.is_main)
+        bar = progress(range(iters), desc=f"epoch {epoch}", disable=not self.is_main)
         for i in bar:
             try:
                 samples = next(it)

@@ -4,10 +4,10 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from rslavis.common.checkpoint import atomic_write_json
 from rslavis.common.dist_utils import is_main_process
+from rslavis.common.logger import progress
 from rslavis.common.registry import registry
 from rslavis.tasks.base_task import BaseTask
 
@@ -16,7 +16,14 @@ logger = logging.getLogger(__name__)
 
 @registry.register_task("captioning")
 class CaptionTask(BaseTask):
-    """``agg_metrics`` = CIDEr + Bleu_4, as LAVIS's caption task uses for model selection."""
+    """``agg_metrics`` = CIDEr + Bleu_4, as LAVIS's caption task uses for model selection.
+
+    ``run.eval_rewards: [name, ...]`` also reports the mean of each registered reward
+    on the evaluated split (key ``reward/<name>``); ``run.skip_metrics: [METEOR, SPICE]``
+    leaves out metrics that need a Java start (tests use it to stay fast).
+    """
+
+    RUN_KEYS = {"eval_rewards": list, "skip_metrics": list}
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -27,6 +34,8 @@ class CaptionTask(BaseTask):
         self.repetition_penalty = run.get("repetition_penalty") or 1.0
         self.length_penalty = run.get("length_penalty") or 1.0
         self.report_metric = run.get("report_metric", True)
+        self.skip_metrics = {str(m).upper() for m in (run.get("skip_metrics") or [])}
+        self.eval_rewards = {name: registry.get_reward_class(name).from_config({}) for name in (run.get("eval_rewards") or [])}
 
     def generation_kwargs(self):
         return dict(
@@ -41,7 +50,7 @@ class CaptionTask(BaseTask):
     def evaluation(self, model, data_loader, split):
         model.eval()
         results = []
-        for samples in tqdm(data_loader, desc=f"eval {split}", leave=False, disable=not is_main_process()):
+        for samples in progress(data_loader, desc=f"eval {split}", disable=not is_main_process()):
             if not samples:
                 continue
             captions = model.generate(samples, **self.generation_kwargs())
@@ -57,6 +66,10 @@ class CaptionTask(BaseTask):
 
         refs = dataset.references()
         preds = {r["image_id"]: r["caption"] for r in results}
-        metrics = caption_metrics(refs, preds)
+        metrics = caption_metrics(refs, preds, meteor="METEOR" not in self.skip_metrics, spice="SPICE" not in self.skip_metrics)
         metrics["agg_metrics"] = metrics["CIDEr"] + metrics["Bleu_4"]
+        ids = [i for i in preds if i in refs]
+        for name, reward in self.eval_rewards.items():
+            values = reward([preds[i] for i in ids], [refs[i] for i in ids])
+            metrics[f"reward/{name}"] = float(values.float().mean())
         return metrics

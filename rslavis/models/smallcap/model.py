@@ -228,7 +228,9 @@ class SmallCap(BaseModel):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory):
         """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` to ``directory``."""
-        from safetensors.torch import save_file
+        import os
+
+        from safetensors.torch import save_model
 
         from rslavis.common.checkpoint import atomic_write_json
 
@@ -238,18 +240,19 @@ class SmallCap(BaseModel):
         cfg["tokenizer_path"] = None
         atomic_write_json({"arch": "smallcap", **cfg}, d / "config.json", indent=2)
         self.tokenizer.save_pretrained(str(d / "tokenizer"))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(d / "model.safetensors"))
+        tmp = d / ".model.safetensors.tmp"
+        save_model(self, str(tmp))  # handles GPT-2's tied input/output embeddings
+        os.replace(tmp, d / "model.safetensors")
 
     @classmethod
     def from_pretrained(cls, directory):
         d = Path(directory)
         if not (d / "config.json").is_file():
             raise ConfigError(f"{d}: not a saved smallcap model (config.json missing); write one with save_pretrained.")
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         cfg = json.loads((d / "config.json").read_text())
         cfg.pop("arch", None)
         model = cls(cfg, tokenizer=load_tokenizer(d / "tokenizer", option=str(d / "tokenizer")))
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        load_model(model, str(d / "model.safetensors"))
         return model

@@ -34,7 +34,7 @@ def test_loss_depends_on_image_and_trains():
     b2 = dict(b, image=b["image"] * -1.0)
     assert not torch.allclose(l1, model(b2)["loss"])  # the image goes through cross-attention
     l1.backward()
-    assert model.visual_encoder.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    assert model.visual_encoder.model.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
 
 
 def test_prompt_is_not_supervised():
@@ -71,14 +71,14 @@ def test_pretrained_paths_load_local_hf_dirs(tmp_path):
     gpt = GPT2LMHeadModel(GPT2Config(vocab_size=30, n_positions=32, n_embd=32, n_layer=1, n_head=2))
     gpt.save_pretrained(tmp_path / "gpt2")
     model = tiny_model(vision={"pretrained": str(tmp_path / "vit")}, decoder={"pretrained": str(tmp_path / "gpt2")})
-    assert torch.equal(model.visual_encoder.embeddings.patch_embeddings.projection.weight, vit.embeddings.patch_embeddings.projection.weight)
+    assert torch.equal(model.visual_encoder.model.embeddings.patch_embeddings.projection.weight, vit.embeddings.patch_embeddings.projection.weight)
     assert torch.equal(model.decoder.transformer.h[0].attn.c_attn.weight, gpt.transformer.h[0].attn.c_attn.weight)
     assert model.decoder.config.add_cross_attention
     assert model(batch())["loss"].isfinite()
 
 
 def test_missing_local_paths_are_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="model.vision.pretrained: directory not found"):
+    with pytest.raises(ConfigError, match="model.vision.pretrained: directory .*not found"):
         tiny_model(vision={"pretrained": str(tmp_path / "nope")})
     cls = registry.get_model_class("smallcap")
     cfg = OmegaConf.load(cls.default_config_path("tiny")).model
@@ -87,3 +87,27 @@ def test_missing_local_paths_are_clear_errors(tmp_path):
         cls.from_config(cfg)
     with pytest.raises(ConfigError, match="not a saved smallcap model"):
         registry.get_model_class("smallcap").from_pretrained(tmp_path)
+
+
+def test_open_clip_encoder_from_local_checkpoint(tmp_path):
+    """An open_clip model saved as a state dict (RemoteCLIP's format) loads through the config."""
+    import json
+
+    import open_clip
+
+    from rslavis.models.encoders import build_vision_encoder
+
+    cfg_file = tmp_path / "tiny-oc-vit.json"
+    cfg_file.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32}, "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}}))
+    open_clip.add_model_config(str(cfg_file))
+    reference = open_clip.create_model("tiny-oc-vit", pretrained=None)
+    torch.save(reference.state_dict(), tmp_path / "remoteclip_tiny.pt")
+    enc = build_vision_encoder({"type": "open_clip", "arch": "tiny-oc-vit", "model_config": str(cfg_file), "checkpoint": str(tmp_path / "remoteclip_tiny.pt")})
+    assert torch.equal(enc.visual.conv1.weight, reference.visual.conv1.weight)
+    tokens, pooled = enc(torch.randn(2, 3, 64, 64))
+    assert tokens.shape == (2, 16, 64) and pooled.shape == (2, 32)
+    model = tiny_model(vision={"type": "open_clip", "arch": "tiny-oc-vit", "model_config": str(cfg_file), "checkpoint": str(tmp_path / "remoteclip_tiny.pt"), "freeze": True})
+    assert model(batch())["loss"].isfinite()
+    assert not any(p.requires_grad for p in model.visual_encoder.parameters())
+    with pytest.raises(ConfigError, match="model.vision.checkpoint: file not found"):
+        build_vision_encoder({"type": "open_clip", "arch": "ViT-B-32", "checkpoint": str(tmp_path / "missing.pt")})

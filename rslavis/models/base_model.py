@@ -6,7 +6,9 @@ builds itself from its config section (``from_config``), trains through
 also implement ``sample`` can be trained with SCST.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -14,6 +16,26 @@ from torch import nn
 from rslavis.common.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class SampleOutput:
+    """What ``BaseModel.sample`` returns for SCST; rows are ``n`` samples per image, image-major.
+
+    - ``token_ids`` (B*n, T): sampled tokens, padded after EOS.
+    - ``logprobs`` (B*n, T): log-probability of each sampled token under the policy, with
+      grad; zero where ``mask`` is 0.
+    - ``mask`` (B*n, T): 1 up to and including the first EOS, 0 after it.
+    - ``captions``: B*n decoded strings.
+    - ``logits`` (B*n, T, V), optional: the policy's logits at the generated positions
+      (for the entropy/varentropy loss term).
+    """
+
+    token_ids: torch.Tensor
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    captions: List[str]
+    logits: Optional[torch.Tensor] = None
 
 
 class BaseModel(nn.Module):
@@ -42,6 +64,10 @@ class BaseModel(nn.Module):
     @torch.no_grad()
     def generate(self, samples, max_len=30, min_len=1, num_beams=1, **kwargs):
         raise NotImplementedError
+
+    def sample(self, samples, n=1, temperature=1.0, max_len=30, **kwargs) -> SampleOutput:
+        """Sample ``n`` captions per image autoregressively from the model's distribution."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample(); it cannot be trained with SCST.")
 
     def prepare_for_training(self, datasets, output_dir):
         """Hook run once before training (e.g. fit a tokenizer on the training captions)."""

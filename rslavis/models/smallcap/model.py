@@ -1,8 +1,8 @@
 """``smallcap``: a vision encoder and a GPT-2 decoder that reads it through cross-attention.
 
 The first, plain form of SmallCap (retrieval prompts and the causal block come with
-``smallcap_causal``). The encoder is a transformers ViT or CLIP vision model, built
-from a tiny config or loaded from a local directory; the decoder is GPT-2 with
+``smallcap_causal``). The encoder is any of :mod:`rslavis.models.encoders` (a
+transformers ViT/CLIP or an open_clip model, tiny random or from local weights); the decoder is GPT-2 with
 ``add_cross_attention``. Sample keys: ``image``, ``text_input`` (prompt, not
 supervised), ``text_output`` (target caption).
 """
@@ -17,6 +17,7 @@ from torch import nn
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
+from rslavis.models.encoders import local_path, build_vision_encoder, freeze
 from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -36,45 +37,11 @@ def _plain(cfg):
     return dict(cfg)
 
 
-def _local_dir(path, option):
-    p = Path(str(path)).expanduser()
-    if not p.is_dir():
-        raise ConfigError(f"{option}: directory not found: {p}. Give a local directory written by save_pretrained; nothing is downloaded.")
-    return str(p)
-
-
-def build_vision_encoder(vcfg):
-    """``(encoder, hidden_size)`` from the ``vision`` config section."""
-    from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTModel
-
-    kind = vcfg.get("type", "vit")
-    if vcfg.get("pretrained"):
-        path = _local_dir(vcfg["pretrained"], "model.vision.pretrained")
-        if kind == "clip":
-            enc = CLIPVisionModel.from_pretrained(path, local_files_only=True)
-        else:
-            enc = AutoModel.from_pretrained(path, local_files_only=True)
-        return enc, enc.config.hidden_size
-    common = dict(
-        image_size=vcfg.get("image_size", 64),
-        patch_size=vcfg.get("patch_size", 8),
-        hidden_size=vcfg.get("hidden_size", 128),
-        num_hidden_layers=vcfg.get("num_layers", 3),
-        num_attention_heads=vcfg.get("num_heads", 4),
-        intermediate_size=vcfg.get("intermediate_size", 256),
-    )
-    if kind == "vit":
-        return ViTModel(ViTConfig(**common), add_pooling_layer=False), common["hidden_size"]
-    if kind == "clip":
-        return CLIPVisionModel(CLIPVisionConfig(**common)), common["hidden_size"]
-    raise ConfigError(f"model.vision.type {kind!r} is unknown; valid: vit, clip.")
-
-
 def build_decoder(dcfg, vocab_size, tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if dcfg.get("pretrained"):
-        path = _local_dir(dcfg["pretrained"], "model.decoder.pretrained")
+        path = local_path(dcfg["pretrained"], "model.decoder.pretrained", want_dir=True)
         dec = GPT2LMHeadModel.from_pretrained(path, add_cross_attention=True, local_files_only=True)
         if dec.config.vocab_size < len(tokenizer):
             dec.resize_token_embeddings(len(tokenizer))
@@ -107,11 +74,10 @@ class SmallCap(BaseModel):
         self.cfg = _plain(cfg)
         self.max_txt_len = int(self.cfg.get("max_txt_len", 40))
         vcfg = self.cfg.get("vision", {}) or {}
-        self.visual_encoder, vision_width = build_vision_encoder(vcfg)
+        self.visual_encoder = build_vision_encoder(vcfg)
         if vcfg.get("freeze", False):
-            for p in self.visual_encoder.parameters():
-                p.requires_grad = False
-        self._vision_width = vision_width
+            freeze(self.visual_encoder)
+        self._vision_width = self.visual_encoder.hidden_size
         self.tokenizer = None
         self.decoder = None
         self.vision_proj = None
@@ -157,8 +123,8 @@ class SmallCap(BaseModel):
 
     # ------------------------------------------------------------------ encoding
     def encode_image(self, image):
-        out = self.visual_encoder(pixel_values=image)
-        return self.vision_proj(out.last_hidden_state)
+        tokens, _ = self.visual_encoder(image)
+        return self.vision_proj(tokens)
 
     def _tokenize(self, prompts, targets=None):
         """Token ids ``[BOS] prompt target [EOS]`` with labels on the target only."""

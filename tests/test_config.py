@@ -126,3 +126,9 @@ def test_lavis_style_run_keys_are_accepted(tmp_path):
     p = write(tmp_path, BASE + '  device: "cuda"\n  distributed: True\n  amp: True\n  world_size: 1\n  dist_url: "env://"\n')
     cfg = Config.from_file(p)
     assert cfg.run.device == "cuda" and cfg.run.distributed is True
+
+
+def test_dataset_without_settings_keeps_defaults(tmp_path):
+    p = write(tmp_path, BASE.replace("  rs_synthetic:\n    build_info:\n      sizes: {train: 8, val: 4, test: 4}\n", "  rs_synthetic:\n"))
+    cfg = Config.from_file(p)
+    assert cfg.datasets.rs_synthetic.build_info.sizes.train == 1500

@@ -144,3 +144,16 @@ def test_torchrun_two_processes(tmp_path):
     # 60 training pairs over 2 ranks with batch 8 and drop_last: 3 steps each; only rank 0 writes the log
     assert len(steps) == 3
     assert (run_dir / "checkpoint_latest.pth").is_file()
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    cfg = project(tmp_path, train=12, epochs=1)
+    train(cfg, "run.job_id=first", "run.test_splits=[]")
+    images = sorted((tmp_path / "cache").glob("*/images/train_*.png"))
+    assert len(images) == 12
+    for img in images[:10]:  # most training batches are now empty or partial
+        img.write_bytes(b"not a png")
+    out = train(cfg, "run.job_id=second", "run.test_splits=[]")
+    assert "Traceback" not in out.stderr
+    steps = [json.loads(l) for l in (tmp_path / "out" / "second" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert steps and steps[-1]["skipped_images"] >= 10 * 5 - 8  # counted per epoch

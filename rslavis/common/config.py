@@ -254,6 +254,10 @@ def build_config(project, opts, source):
             if default_path is not None:
                 parts.append(load_yaml(default_path, f"default config of dataset {name!r}"))
 
+    # A dataset listed without settings ("rs_synthetic:") keeps its default YAML.
+    if datasets is not None:
+        for n in [n for n, d in datasets.items() if d is None]:
+            user.datasets[n] = {}
     merged = OmegaConf.merge(*parts, user)
     for section in ("model", "datasets", "run"):
         if section not in merged:

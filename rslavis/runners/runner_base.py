@@ -29,6 +29,7 @@ from rslavis.common.checkpoint import atomic_torch_save, atomic_write_json, atom
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.logger import RunLogger, progress
 from rslavis.common.registry import registry
+from rslavis.datasets.image_io import skipped_images
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,7 @@ class RunnerBase:
         accum = max(1, run.accum_grad_iters)
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.time()
+        skipped_before = skipped_images(loader.dataset)
         it = iter(loader)
         bar = progress(range(iters), desc=f"epoch {epoch}", disable=not self.is_main)
         for i in bar:
@@ -261,8 +263,11 @@ class RunnerBase:
             except StopIteration:  # iters_per_epoch larger than the loader: start it again
                 it = iter(loader)
                 samples = next(it)
-            samples = self._to_device(samples)
             lr = self.lr_scheduler.step(epoch, i)
+            if not samples:  # every image of the batch was unreadable (skipped and counted)
+                self.global_step += 1
+                continue
+            samples = self._to_device(samples)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 out = self.task.train_step(model, samples)
             loss = out["loss"]
@@ -285,6 +290,7 @@ class RunnerBase:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
             if self.global_step % run.log_freq == 0 or i == iters - 1:
                 record = {"epoch": epoch, "step": self.global_step, "loss": float(loss.item()), "lr": lr, "seconds": round(time.time() - t0, 3)}
+                record["skipped_images"] = skipped_images(loader.dataset) - skipped_before
                 for k, v in out.items():
                     if k != "loss" and isinstance(v, (int, float, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1):
                         record[k] = float(v)

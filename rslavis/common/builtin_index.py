@@ -9,6 +9,7 @@ agree, so the two cannot drift apart.
 BUILTINS = {
     "model": {
         "smallcap": "rslavis.models.smallcap.model",
+        "smallcap_causal": "rslavis.models.smallcap.causal",
     },
     "builder": {
         "rs_synthetic": "rslavis.datasets.builders.synthetic",

@@ -9,6 +9,7 @@ agree, so the two cannot drift apart.
 BUILTINS = {
     "model": {
         "smallcap": "rslavis.models.smallcap.model",
+        "instructblip": "rslavis.models.instructblip.model",
         "smallcap_causal": "rslavis.models.smallcap.causal",
     },
     "builder": {
@@ -27,6 +28,7 @@ BUILTINS = {
     },
     "task": {
         "captioning": "rslavis.tasks.captioning",
+        "vqa": "rslavis.tasks.vqa",
     },
     "processor": {
         "rs_image_train": "rslavis.processors.image_processors",

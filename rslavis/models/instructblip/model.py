@@ -1,0 +1,603 @@
+"""``instructblip``: transformers' ``InstructBlipForConditionalGeneration`` behind the rslavis model interface.
+
+A ViT encodes the image, the Q-Former reads the image *and* the instruction
+(``text_input``) through ``num_query_tokens`` learned queries, and their projection
+fills the image placeholders of the LLM prompt. The LLM is a T5 encoder-decoder
+(the instruction goes to the encoder, the target is decoded) or a decoder-only model
+(OPT, Vicuna/LLaMA: ``[image]*Q [BOS] instruction target [EOS]``).
+
+The pitfall this class guards: transformers writes the query outputs into the
+embeddings of the image token (``config.image_token_index``) with ``masked_scatter``.
+A prompt without those tokens leaves the image out *silently*, and a prompt with too
+few uses only part of it. Every LLM input built here carries exactly
+``num_query_tokens`` image tokens, and :meth:`check_image_tokens` verifies it before
+each forward or generation.
+
+Model types: ``tiny_t5`` and ``tiny_opt`` build random tiny configs whose tokenizers
+are fitted on the training text in :meth:`prepare_for_training` (LLM tokenizer on
+instructions and targets, Q-Former tokenizer on instructions) and saved with the run;
+``flant5xl`` and ``vicuna7b`` load a local InstructBLIP directory (``model.pretrained``,
+the Hugging Face layout: ``config.json``, weights, LLM tokenizer files and
+``qformer_tokenizer/``). Nothing is downloaded.
+
+Sample keys: ``image``, ``text_input`` (instruction; ``model.prompt`` when empty),
+``text_output`` (target, training).
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from rslavis.common.errors import ConfigError, RslavisError
+from rslavis.common.registry import registry
+from rslavis.models.base_model import BaseModel
+from rslavis.models.encoders import local_path
+from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+QFORMER_TOKENIZER_DIR = "qformer_tokenizer"  # the subfolder name InstructBlipProcessor uses
+TINY_LLM = {"tiny_t5": "t5", "tiny_opt": "opt"}
+DEFAULT_PROMPT = "Describe the image briefly."
+PRETRAINED_HINT = {
+    "flant5xl": "Salesforce/instructblip-flan-t5-xl",
+    "vicuna7b": "Salesforce/instructblip-vicuna-7b",
+}
+
+
+def _plain(cfg):
+    if cfg is None:
+        return {}
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def _section(cfg, key):
+    return dict(cfg.get(key) or {})
+
+
+def tiny_hf_config(cfg, tokenizer, qformer_tokenizer, image_token_id):
+    """An ``InstructBlipConfig`` from the ``vision``/``qformer``/``llm`` sections of a tiny model type."""
+    from transformers import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig, OPTConfig, T5Config
+
+    v, q, l = _section(cfg, "vision"), _section(cfg, "qformer"), _section(cfg, "llm")
+    llm_type = l.get("type") or TINY_LLM.get(cfg.get("model_type"), "opt")
+    dropout = float(l.get("dropout", 0.1))
+    vision = InstructBlipVisionConfig(
+        hidden_size=v.get("hidden_size", 64),
+        intermediate_size=v.get("intermediate_size", 128),
+        num_hidden_layers=v.get("num_layers", 2),
+        num_attention_heads=v.get("num_heads", 4),
+        image_size=v.get("image_size", 64),
+        patch_size=v.get("patch_size", 8),
+    )
+    qformer = InstructBlipQFormerConfig(
+        vocab_size=len(qformer_tokenizer),
+        hidden_size=q.get("hidden_size", 64),
+        num_hidden_layers=q.get("num_layers", 2),
+        num_attention_heads=q.get("num_heads", 4),
+        intermediate_size=q.get("intermediate_size", 128),
+        cross_attention_frequency=q.get("cross_attention_frequency", 1),
+        max_position_embeddings=q.get("max_position_embeddings", 64),
+        pad_token_id=qformer_tokenizer.pad_token_id,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    hidden = l.get("hidden_size", 64)
+    heads = l.get("num_heads", 4)
+    if llm_type == "t5":
+        text = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=hidden,
+            d_kv=hidden // heads,
+            d_ff=l.get("ffn_dim", 128),
+            num_layers=l.get("num_layers", 2),
+            num_decoder_layers=l.get("num_layers", 2),
+            num_heads=heads,
+            relative_attention_num_buckets=8,
+            dropout_rate=dropout,
+            feed_forward_proj="gated-gelu",  # Flan-T5's feed-forward
+            tie_word_embeddings=True,  # scales decoder output by d_model**-0.5: sane logits at random init
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **special,
+        )
+    elif llm_type == "opt":
+        text = OPTConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            ffn_dim=l.get("ffn_dim", 128),
+            num_hidden_layers=l.get("num_layers", 2),
+            num_attention_heads=heads,
+            word_embed_proj_dim=hidden,
+            max_position_embeddings=l.get("max_position_embeddings", 128),
+            dropout=dropout,
+            attention_dropout=dropout,
+            **special,
+        )
+    else:
+        raise ConfigError(f"model.llm.type: {llm_type!r} is unknown for a tiny InstructBLIP; valid: t5, opt.")
+    return InstructBlipConfig(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=int(cfg.get("num_query_tokens", 8)),
+        image_token_index=image_token_id,
+    )
+
+
+def add_image_token(tokenizer):
+    """Id of the image placeholder token, added to ``tokenizer`` as a special token when missing."""
+    from tokenizers import AddedToken
+
+    token = getattr(tokenizer, "image_token", None) or IMAGE_TOKEN
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(token, normalized=False, special=True)], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(token)
+
+
+def load_tokenizers(directory, option):
+    """``(llm_tokenizer, qformer_tokenizer)`` from ``directory`` and ``directory/qformer_tokenizer``."""
+    d = Path(local_path(directory, option, want_dir=True))
+    qdir = d / QFORMER_TOKENIZER_DIR
+    if not qdir.is_dir():
+        raise ConfigError(f"{option}: {d} has no {QFORMER_TOKENIZER_DIR}/ folder (the Q-Former's tokenizer, as InstructBlipProcessor saves it).")
+    from transformers import AutoTokenizer
+
+    llm_tok = load_tokenizer(d, option=option)
+    # the Q-Former's BERT tokenizer has no BOS/EOS; only a pad token is needed, so no token is added
+    q_tok = AutoTokenizer.from_pretrained(str(qdir), local_files_only=True)
+    if q_tok.pad_token is None:
+        raise ConfigError(f"{option}: the Q-Former tokenizer in {qdir} has no pad token.")
+    return llm_tok, q_tok
+
+
+def dataset_texts(datasets):
+    """``(targets, instructions)`` of the training splits, read from records (no image is decoded)."""
+    targets, instructions = [], set()
+    for splits in datasets.values():
+        ds = splits.get("train")
+        if ds is None:
+            continue
+        if hasattr(ds, "all_captions"):
+            targets.extend(ds.all_captions())
+        if getattr(ds, "prompt", ""):
+            instructions.add(ds.prompt)
+        process = getattr(ds, "text_processor", None) or (lambda s: s)
+        for r in getattr(ds, "records", ()):
+            if r.get("prompt"):
+                instructions.add(r["prompt"])
+            if r.get("question"):
+                instructions.add(process(r["question"]))
+    return targets, sorted(instructions)
+
+
+@registry.register_model("instructblip")
+class InstructBLIP(BaseModel):
+    """InstructBLIP; config keys (see ``configs/models/instructblip/*.yaml``):
+
+    ``pretrained`` (local InstructBLIP directory), ``tokenizer_path`` (LLM tokenizer with a
+    ``qformer_tokenizer/`` subfolder), ``vision``/``qformer``/``llm`` (tiny sizes),
+    ``num_query_tokens``, ``freeze_vit``, ``freeze_qformer``, ``freeze_projection``,
+    ``freeze_llm``, ``lora_r`` (0: off), ``lora_alpha``, ``lora_dropout``, ``lora_targets``
+    (attn | ffn | all | list of module names), ``prompt`` (instruction used when a sample
+    has none), ``max_txt_len`` (instruction tokens), ``max_output_txt_len`` (target
+    tokens), ``qformer_max_len``, ``dtype`` (float32 | bfloat16 | float16, pretrained only).
+    """
+
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "tiny_t5": "configs/models/instructblip/tiny_t5.yaml",
+        "tiny_opt": "configs/models/instructblip/tiny_opt.yaml",
+        "flant5xl": "configs/models/instructblip/flant5xl.yaml",
+        "vicuna7b": "configs/models/instructblip/vicuna7b.yaml",
+    }
+    DEFAULT_MODEL_TYPE = "tiny_opt"
+
+    def __init__(self, cfg, tokenizer=None, qformer_tokenizer=None, hf_config=None):
+        super().__init__()
+        self.cfg = _plain(cfg)
+        # parameters appear only once the tokenizers exist; this buffer tracks .to(device) until then
+        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        self.model = None
+        self.tokenizer = None
+        self.qformer_tokenizer = None
+        self.prompt = self.cfg.get("prompt") or DEFAULT_PROMPT
+        self.max_txt_len = int(self.cfg.get("max_txt_len", 64))
+        self.max_output_txt_len = int(self.cfg.get("max_output_txt_len", 40))
+        self.qformer_max_len = int(self.cfg.get("qformer_max_len", 64))
+        model_type = self.cfg.get("model_type") or self.DEFAULT_MODEL_TYPE
+        if tokenizer is None and self.cfg.get("tokenizer_path"):
+            tokenizer, qformer_tokenizer = load_tokenizers(self.cfg["tokenizer_path"], "model.tokenizer_path")
+        pretrained = self.cfg.get("pretrained")
+        if pretrained and hf_config is None:
+            self._load_pretrained(pretrained, model_type, tokenizer, qformer_tokenizer)
+        elif tokenizer is not None:
+            self._build(tokenizer, qformer_tokenizer, hf_config)
+        elif model_type not in TINY_LLM:
+            hint = PRETRAINED_HINT.get(model_type, "an InstructBLIP checkpoint")
+            raise ConfigError(f"model.pretrained is not set for model_type {model_type!r}: give a local directory holding {hint} (nothing is downloaded).")
+
+    @classmethod
+    def from_config(cls, cfg, **kwargs):
+        return cls(cfg, **kwargs)
+
+    @property
+    def device(self):
+        return self._device_anchor.device
+
+    @property
+    def is_encoder_decoder(self):
+        return not self.model.config.use_decoder_only_language_model
+
+    @property
+    def num_query_tokens(self):
+        return int(self.model.config.num_query_tokens)
+
+    # ------------------------------------------------------------------ building
+    def _load_pretrained(self, pretrained, model_type, tokenizer, qformer_tokenizer):
+        hint = PRETRAINED_HINT.get(model_type, "an InstructBLIP checkpoint")
+        p = Path(str(pretrained)).expanduser()
+        if not p.is_dir():
+            raise ConfigError(
+                f"model.pretrained: directory not found: {p}. Put {hint} there (Hugging Face layout, e.g. "
+                f"`huggingface-cli download {hint} --local-dir {p}` on a machine with internet); nothing is downloaded."
+            )
+        from transformers import InstructBlipForConditionalGeneration
+
+        if tokenizer is None:
+            tokenizer, qformer_tokenizer = load_tokenizers(p, "model.pretrained")
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(self.cfg.get("dtype") or "float32"))
+        if dtype is None:
+            raise ConfigError(f"model.dtype: {self.cfg.get('dtype')!r} is unknown; valid: float32, bfloat16, float16.")
+        model = InstructBlipForConditionalGeneration.from_pretrained(str(p), local_files_only=True, dtype=dtype)
+        self._attach(model, tokenizer, qformer_tokenizer)
+
+    def _build(self, tokenizer, qformer_tokenizer, hf_config=None):
+        from transformers import InstructBlipForConditionalGeneration
+
+        if qformer_tokenizer is None:
+            raise ConfigError("instructblip needs a Q-Former tokenizer too (tokenizer_path/qformer_tokenizer).")
+        if hf_config is None:
+            image_token_id = add_image_token(tokenizer)
+            hf_config = tiny_hf_config(self.cfg, tokenizer, qformer_tokenizer, image_token_id)
+        self._attach(InstructBlipForConditionalGeneration(hf_config), tokenizer, qformer_tokenizer)
+
+    def _attach(self, model, tokenizer, qformer_tokenizer):
+        """Image token, vocabulary size, LoRA and freezing on a built transformers model."""
+        config = model.config
+        if config.image_token_index is None:  # checkpoints saved before transformers used an image token
+            config.image_token_index = add_image_token(tokenizer)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.image_token_id = int(config.image_token_index)
+        self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
+        # generation must know the special tokens (a random config has no generation_config of its own)
+        for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            setattr(model.generation_config, key, getattr(tokenizer, key))
+        if not config.use_decoder_only_language_model:
+            model.generation_config.decoder_start_token_id = config.text_config.decoder_start_token_id
+
+        r = int(self.cfg.get("lora_r") or 0)
+        if r > 0:
+            from rslavis.models.lora import apply_lora
+
+            apply_lora(
+                model.language_model,
+                r=r,
+                alpha=self.cfg.get("lora_alpha", 16),
+                dropout=self.cfg.get("lora_dropout", 0.05),
+                targets=self.cfg.get("lora_targets") or "attn",
+            )
+        groups = {
+            "freeze_vit": [model.vision_model],
+            "freeze_qformer": [model.qformer],
+            "freeze_projection": [model.language_projection],
+            "freeze_llm": [model.language_model],
+        }
+        for key, modules in groups.items():
+            if self.cfg.get(key, False):
+                for m in modules:
+                    for name, p in m.named_parameters():
+                        if "lora_" not in name:  # LoRA adapters stay trainable in a frozen LLM
+                            p.requires_grad = False
+        if self.cfg.get("freeze_qformer", False):
+            model.query_tokens.requires_grad = False
+        self.model = model.to(self.device)
+
+    def prepare_for_training(self, datasets, output_dir):
+        """Tiny types: fit both tokenizers on the training text, build the model, save the tokenizers."""
+        if self.model is not None:
+            return
+        targets, instructions = dataset_texts(datasets)
+        if not targets:
+            raise ConfigError("model.tokenizer_path is not set and no training texts were found to fit the tokenizers on.")
+        instructions = sorted(set(instructions) | {self.prompt})
+        vocab = int(self.cfg.get("tokenizer_vocab_size", 2000))
+        tok = train_caption_tokenizer(targets + instructions, vocab_size=vocab)
+        qtok = train_caption_tokenizer(instructions, vocab_size=vocab)
+        self._build(tok, qtok)
+        if output_dir is not None:
+            from rslavis.common.dist_utils import is_main_process
+
+            if is_main_process():
+                self.save_tokenizers(Path(output_dir) / "tokenizer")
+        logger.info("fitted tokenizers: LLM %d tokens (%d texts), Q-Former %d tokens", len(tok), len(targets) + len(instructions), len(qtok))
+
+    def save_tokenizers(self, directory):
+        d = Path(directory)
+        self.tokenizer.save_pretrained(str(d))
+        self.qformer_tokenizer.save_pretrained(str(d / QFORMER_TOKENIZER_DIR))
+
+    # ------------------------------------------------------------------ inputs
+    def _require_model(self):
+        if self.model is None:
+            raise RslavisError("instructblip: the model is not built yet (set model.tokenizer_path or call prepare_for_training).")
+
+    def _pixels(self, samples):
+        if "image" not in samples:
+            raise ConfigError("instructblip needs samples with 'image' (a feature cache's image_features cannot feed its ViT).")
+        image = samples["image"].to(self.device)
+        expected = int(self.model.config.vision_config.image_size)
+        if tuple(image.shape[-2:]) != (expected, expected):
+            raise ConfigError(
+                f"instructblip: images are {tuple(image.shape[-2:])} but the ViT expects {expected}x{expected}; "
+                f"set the dataset's vis_processor image_size to {expected} (or model.vision.image_size for tiny types)."
+            )
+        return image.to(self.model.dtype)
+
+    def instructions(self, samples, n):
+        prompts = samples.get("text_input")
+        if prompts is None:
+            return [self.prompt] * n
+        return [p if (p and str(p).strip()) else self.prompt for p in prompts]
+
+    def _ids(self, text, limit):
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"][:limit] if text else []
+
+    def qformer_inputs(self, prompts):
+        enc = self.qformer_tokenizer(list(prompts), padding="longest", truncation=True, max_length=self.qformer_max_len, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def llm_inputs(self, prompts, targets=None, padding_side="right"):
+        """LLM ids with exactly ``num_query_tokens`` image tokens first.
+
+        Decoder-only: ``[image]*Q [BOS] prompt (target [EOS])``, labels on the target only.
+        T5: encoder ``[image]*Q prompt [EOS]``; labels ``target [EOS]`` (decoder side).
+        Returns ``{input_ids, attention_mask[, labels]}`` (T5 labels padded with -100).
+        """
+        tok = self.tokenizer
+        image = [self.image_token_id] * self.num_query_tokens
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        rows, labels, dec = [], [], []
+        for i, prompt in enumerate(prompts):
+            p_ids = self._ids(prompt, self.max_txt_len)
+            t_ids = self._ids(targets[i], self.max_output_txt_len) + [eos] if targets is not None else None
+            if self.is_encoder_decoder:
+                rows.append(image + p_ids + [eos])
+                if t_ids is not None:
+                    dec.append(t_ids)
+            else:
+                bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+                prefix = image + bos + p_ids
+                rows.append(prefix + (t_ids or []))
+                if t_ids is not None:
+                    labels.append([-100] * len(prefix) + t_ids)
+        out = dict(zip(("input_ids", "attention_mask"), _pad(rows, pad, padding_side)))
+        if targets is not None:
+            if self.is_encoder_decoder:
+                out["labels"] = _pad(dec, -100, "right")[0]
+            else:
+                out["labels"] = _pad(labels, -100, padding_side)[0]
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    def check_image_tokens(self, input_ids):
+        """Every row must carry exactly ``num_query_tokens`` image tokens, or the image would be (partly) ignored."""
+        counts = (input_ids == self.image_token_id).sum(1)
+        bad = (counts != self.num_query_tokens).nonzero().flatten().tolist()
+        if bad:
+            raise RslavisError(
+                f"instructblip: LLM input row {bad[0]} has {int(counts[bad[0]])} image tokens, expected num_query_tokens="
+                f"{self.num_query_tokens}; transformers would silently drop the image. Does an instruction contain {IMAGE_TOKEN!r}?"
+            )
+
+    def build_inputs(self, samples, targets=None, padding_side="right"):
+        """Keyword arguments of ``self.model(...)``/``self.model.generate(...)`` for ``samples``."""
+        self._require_model()
+        pixels = self._pixels(samples)
+        prompts = self.instructions(samples, len(pixels))
+        q_ids, q_mask = self.qformer_inputs(prompts)
+        llm = self.llm_inputs(prompts, targets, padding_side)
+        self.check_image_tokens(llm["input_ids"])
+        return {"pixel_values": pixels, "qformer_input_ids": q_ids, "qformer_attention_mask": q_mask, **llm}
+
+    # ------------------------------------------------------------------ training / generation
+    def forward(self, samples):
+        inputs = self.build_inputs(samples, targets=list(samples["text_output"]))
+        out = self.model(**inputs)
+        return {"loss": out.loss}
+
+    def _decode(self, ids):
+        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def _special_ids(self):
+        tok = self.tokenizer
+        return dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+    @torch.no_grad()
+    def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
+        """Greedy or beam-search answers/captions to the ``text_input`` instructions."""
+        inputs = self.build_inputs(samples, padding_side="left")
+        width = inputs["input_ids"].shape[1]
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=int(max_len),
+            min_new_tokens=int(min_len),
+            num_beams=int(num_beams),
+            repetition_penalty=float(repetition_penalty),
+            length_penalty=float(length_penalty),
+            do_sample=False,
+            **self._special_ids(),
+        )
+        # decoder-only models return the prompt first; T5 returns decoder ids only
+        return self._decode(out if self.is_encoder_decoder else out[:, width:])
+
+    def image_features(self, inputs):
+        """Projected Q-Former outputs ``(B, num_query_tokens, D_llm)``: what fills the image tokens."""
+        return self.model.get_image_features(
+            pixel_values=inputs["pixel_values"],
+            qformer_input_ids=inputs["qformer_input_ids"],
+            qformer_attention_mask=inputs["qformer_attention_mask"],
+            return_dict=True,
+        ).pooler_output
+
+    def _embed(self, input_ids, features):
+        """LLM input embeddings with the image tokens replaced by ``features`` (as transformers does)."""
+        embeds = self.model.get_input_embeddings()(input_ids)
+        mask = (input_ids == self.image_token_id).unsqueeze(-1)
+        return embeds.masked_scatter(mask, features.to(embeds.dtype))
+
+    def _position_ids(self, attention_mask):
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def _lm_logits(self, features, input_ids, attention_mask, targets):
+        """Teacher-forced logits predicting ``targets`` (B, T) after the prompt ``input_ids``."""
+        lm = self.model.language_model
+        embeds = self._embed(input_ids, features)
+        if self.is_encoder_decoder:
+            start = torch.full_like(targets[:, :1], self.model.config.text_config.decoder_start_token_id)
+            dec_in = torch.cat([start, targets[:, :-1]], 1)
+            return lm(inputs_embeds=embeds, attention_mask=attention_mask, decoder_input_ids=dec_in).logits
+        width = input_ids.shape[1]
+        tgt_mask = torch.ones_like(targets)
+        full_mask = torch.cat([attention_mask, tgt_mask], 1)
+        full = torch.cat([embeds, self.model.get_input_embeddings()(targets)], 1)
+        out = lm(inputs_embeds=full, attention_mask=full_mask, position_ids=self._position_ids(full_mask))
+        return out.logits[:, width - 1 : width - 1 + targets.shape[1]]
+
+    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
+        """``n`` captions per image for SCST, sampled token by token with the LLM's KV cache through
+        :func:`rslavis.models.sampling.sample_tokens` (its conventions: ``softmax(logits /
+        temperature)`` over the full vocabulary, mask up to and including EOS). Rows are
+        image-major. Gradients reach ``logprobs``/``logits`` through the LLM, the projection
+        and the Q-Former; dropout follows the module's train/eval mode.
+        """
+        from rslavis.models.sampling import sample_tokens
+
+        inputs = self.build_inputs(samples, padding_side="left")
+        features = self.image_features(inputs).repeat_interleave(n, 0)
+        ids = inputs["input_ids"].repeat_interleave(n, 0)
+        attn = inputs["attention_mask"].repeat_interleave(n, 0)
+        embeds = self._embed(ids, features)
+        lm = self.model.language_model
+        if self.is_encoder_decoder:
+            encoded = lm.get_encoder()(inputs_embeds=embeds, attention_mask=attn, return_dict=True)
+            start = ids.new_full((len(ids), 1), self.model.config.text_config.decoder_start_token_id)
+            out = lm(encoder_outputs=encoded, attention_mask=attn, decoder_input_ids=start, use_cache=True)
+
+            def step(tokens, cache):
+                o = lm(encoder_outputs=encoded, attention_mask=attn, decoder_input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+                return o.logits[:, -1], o.past_key_values
+
+            state = out.past_key_values
+        else:
+            pos = self._position_ids(attn)  # left padding: positions count attended tokens, as generate() does
+            out = lm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True)
+
+            def step(tokens, state):
+                mask, last_pos, cache = state
+                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+                last_pos = last_pos + 1
+                o = lm(input_ids=tokens[:, None], attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
+                return o.logits[:, -1], (mask, last_pos, o.past_key_values)
+
+            state = (attn, pos[:, -1:], out.past_key_values)
+        tok = self.tokenizer
+        res = sample_tokens(
+            step, out.logits[:, -1], state, max_len=int(max_len), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            temperature=float(temperature), min_len=int(min_len), return_logits=return_logits, greedy=greedy, generator=generator,
+        )
+        return res.to_sample_output(self._decode(res.token_ids))
+
+    @torch.no_grad()
+    def rank_answers(self, samples, candidates, chunk=64):
+        """For each sample, the candidate with the highest summed log-probability (answer + EOS)."""
+        if not candidates:
+            raise ConfigError("instructblip.rank_answers: the candidate answer list is empty.")
+        inputs = self.build_inputs(samples, padding_side="left")
+        features = self.image_features(inputs)
+        tok = self.tokenizer
+        cand_ids = [self._ids(c, self.max_output_txt_len) + [tok.eos_token_id] for c in candidates]
+        b = features.shape[0]
+        scores = []
+        for start in range(0, len(candidates), chunk):
+            part = cand_ids[start : start + chunk]
+            c = len(part)
+            targets, tmask = _pad(part, tok.pad_token_id, "right")
+            targets, tmask = targets.to(self.device), tmask.to(self.device)
+            rep = lambda t: t.repeat_interleave(c, 0)  # noqa: E731  (row b*c + j: sample b, candidate j)
+            tgt = targets.repeat(b, 1)
+            logits = self._lm_logits(rep(features), rep(inputs["input_ids"]), rep(inputs["attention_mask"]), tgt)
+            logp = F.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            scores.append((logp * tmask.repeat(b, 1)).sum(1).view(b, c))
+        best = torch.cat(scores, 1).argmax(1).tolist()
+        return [candidates[i] for i in best]
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory):
+        """``config.json`` (rslavis config), ``hf_config.json``, ``model.safetensors``, ``tokenizer/``."""
+        from safetensors.torch import save_model
+
+        from rslavis.common.checkpoint import atomic_write_json
+
+        self._require_model()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.cfg, tokenizer_path=None, pretrained=None)  # the directory is self-contained
+        atomic_write_json({"arch": "instructblip", **cfg}, d / "config.json", indent=2)
+        (d / "hf_config.json").write_text(self.model.config.to_json_string())
+        self.save_tokenizers(d / "tokenizer")
+        tmp = d / ".model.safetensors.tmp"
+        save_model(self, str(tmp))
+        os.replace(tmp, d / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        d = Path(directory)
+        if not (d / "config.json").is_file() or not (d / "hf_config.json").is_file():
+            raise ConfigError(f"{d}: not a saved instructblip model (config.json/hf_config.json missing); write one with save_pretrained.")
+        from safetensors.torch import load_model
+        from transformers import InstructBlipConfig
+
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("arch", None)
+        tok, qtok = load_tokenizers(d / "tokenizer", option=str(d / "tokenizer"))
+        model = cls(cfg, tokenizer=tok, qformer_tokenizer=qtok, hf_config=InstructBlipConfig.from_json_file(str(d / "hf_config.json")))
+        load_model(model, str(d / "model.safetensors"))
+        return model
+
+
+def _pad(rows, value, side):
+    """``(ids, mask)`` long tensors of ``rows`` padded with ``value`` on ``side``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if not r:
+            continue
+        if side == "left":
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        else:
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+    return ids, mask

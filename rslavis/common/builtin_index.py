@@ -9,6 +9,7 @@ agree, so the two cannot drift apart.
 BUILTINS = {
     "model": {
         "smallcap": "rslavis.models.smallcap.model",
+        "knn_caption": "rslavis.models.knn_caption",
         "instructblip": "rslavis.models.instructblip.model",
         "smallcap_causal": "rslavis.models.smallcap.causal",
     },

@@ -238,7 +238,7 @@ class RunnerBase:
             best = self.output_dir / "checkpoint_best.pth"
             if self.best_epoch is not None and best.is_file():
                 self.load_model_weights(best)
-            epoch = self.best_epoch if self.best_epoch is not None else run.max_epoch - 1
+            epoch = self.best_epoch if self.best_epoch is not None else max(run.max_epoch - 1, 0)  # max_epoch 0: untrained models (knn_caption)
             for split in run.test_splits:
                 test_metrics.update(self.evaluate_split(split, epoch, tag="test"))
         self.log.close()

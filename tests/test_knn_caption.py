@@ -194,3 +194,14 @@ def test_train_cli_evaluates_without_checkpoint_and_caches_features(tmp_path):
     RunnerBase(cfg, task, task.build_model(cfg), datasets, "b").train()
     assert {c: c.stat().st_mtime_ns for c in (tmp_path / "features").glob("*/features.npy")} == mtimes
     assert json.loads((tmp_path / "out" / "b" / "result" / "test_epoch0.json").read_text()) == preds
+
+
+def test_features_of_another_encoder_are_refused():
+    from rslavis.models.knn_caption import KNNCaption
+    from rslavis.retrieval.index import build_index
+
+    model = KNNCaption({"mode": "nearest", "vision": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}})
+    model.index, model.captions = build_index(np.eye(4, dtype=np.float32)), [["a ."]] * 4
+    with pytest.raises(Exception, match="query features have 8 dimensions, the datastore 4"):
+        model.generate({"image_features": torch.ones(2, 8)})
+    assert model.generate({"image_features": torch.tensor([[0.0, 0.0, 2.0, 0.1]])}) == ["a ."]

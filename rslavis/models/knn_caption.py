@@ -16,14 +16,14 @@ Features: samples that carry ``image_features`` (a dataset feature cache, see
 :mod:`rslavis.datasets.feature_cache`) are used as they are (mean over tokens when a
 row is 2-D); with ``feature_cache.enabled`` the model builds its own cache of pooled
 features for the training images and every evaluation split in ``prepare_for_training``
-(the key covers the encoder config, a fingerprint of its weights and the image
-processor), so a second run decodes no image.
+(the key covers the encoder config, its weights or checkpoint file, see
+:func:`rslavis.retrieval.datastore.encoder_fingerprint`, and the image processor), so
+a second run decodes no image.
 
 Run it with ``run.evaluate: true`` (no checkpoint needed) or ``run.max_epoch: 0``; its
 ``forward`` refuses to train.
 """
 
-import hashlib
 import logging
 
 import numpy as np
@@ -33,6 +33,7 @@ from rslavis.common.errors import ConfigError, DataError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
 from rslavis.models.encoders import build_vision_encoder, freeze, l2_normalise
+from rslavis.retrieval.index import build_index, search
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +127,11 @@ class KNNCaption(BaseModel):
         return np.ascontiguousarray(l2_normalise(feats.reshape(len(feats), -1)).cpu().numpy(), dtype=np.float32)
 
     def _cache_config(self, processor):
-        h = hashlib.sha1()
-        for name, t in sorted(self.visual_encoder.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        from rslavis.retrieval.datastore import encoder_fingerprint
+
         proc = {k: getattr(processor, k, None) for k in ("image_size", "mean", "std")} if processor is not None else None
-        return {"model": "knn_caption", "vision": self.cfg.get("vision") or {}, "weights": h.hexdigest(), "processor": proc, "features": "pooled"}
+        fingerprint = encoder_fingerprint(self.visual_encoder, self.cfg.get("vision") or {})
+        return {"model": "knn_caption", "encoder": fingerprint, "processor": proc, "features": "pooled"}
 
     def _attach_cache(self, dataset, processor):
         from rslavis.datasets.feature_cache import attach_feature_cache
@@ -152,7 +152,6 @@ class KNNCaption(BaseModel):
     # ------------------------------------------------------------------ datastore
     def prepare_for_training(self, datasets, output_dir):
         """Encode the ``datastore_split`` images of every dataset into a faiss index."""
-        import faiss
         from torch.utils.data import DataLoader
 
         from rslavis.common.logger import progress
@@ -193,8 +192,7 @@ class KNNCaption(BaseModel):
                 f"configured: {', '.join(f'{n}: {sorted(s)}' for n, s in datasets.items()) or '(none)'}."
             )
         array = np.concatenate(feats)
-        self.index = faiss.IndexFlatIP(array.shape[1])
-        self.index.add(array)
+        self.index = build_index(array, "flat")  # exact inner product = cosine on normalised rows
         self.captions, self.image_ids = captions, image_ids
         self.scorer = CiderD(corpus=corpus)
         logger.info("knn_caption: datastore of %d images (%d-d), k=%d, mode=%s", len(captions), array.shape[1], self.k, self.mode)
@@ -210,8 +208,13 @@ class KNNCaption(BaseModel):
         """``(similarities, datastore rows)``, each ``(B, k)``, nearest first."""
         if self.index is None:
             raise ConfigError("knn_caption: the datastore is empty; prepare_for_training(datasets, output_dir) builds it (the runner calls it).")
-        k = min(int(k or self.k), self.index.ntotal)
-        return self.index.search(self.encode(samples), k)
+        queries = self.encode(samples)
+        if queries.shape[1] != self.index.d:
+            raise DataError(
+                f"knn_caption: query features have {queries.shape[1]} dimensions, the datastore {self.index.d}; "
+                "the training and evaluation splits must come from the same encoder (or the same feature cache)."
+            )
+        return search(self.index, queries, int(k or self.k))
 
     @torch.no_grad()
     def generate(self, samples, max_len=30, min_len=1, num_beams=1, **kwargs):

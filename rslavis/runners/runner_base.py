@@ -18,6 +18,7 @@ the uninterrupted one bit for bit on CPU.
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -201,6 +202,7 @@ class RunnerBase:
             for split in run.test_splits:
                 metrics.update(self.evaluate_split(split, epoch=0, tag="test"))
             self.log.close()
+            self.write_report()
             return metrics
 
         train_set = self.train_dataset()
@@ -242,7 +244,19 @@ class RunnerBase:
             for split in run.test_splits:
                 test_metrics.update(self.evaluate_split(split, epoch, tag="test"))
         self.log.close()
+        self.write_report()
         return test_metrics
+
+    def write_report(self):
+        """``report.html`` in the run folder (rank 0; ``RSLAVIS_REPORT=0`` skips it); a failure only warns."""
+        if not self.is_main or os.environ.get("RSLAVIS_REPORT", "1") == "0":
+            return
+        try:
+            from rslavis.report import write_report
+
+            logger.info("report written to %s", write_report(self.output_dir, datasets=self.datasets, device=str(self.device)))
+        except Exception as exc:  # the run's outputs are already on disk: a report problem must not fail it
+            logger.warning("the run report could not be written (%s: %s); run python -m rslavis.report %s", type(exc).__name__, exc, self.output_dir)
 
     def train_epoch(self, epoch, loader, iters):
         run = self.run_cfg

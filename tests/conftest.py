@@ -7,6 +7,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# training runs in tests skip the end-of-run HTML report (seconds of parser and matplotlib
+# start-up each); tests/test_report_e2e.py turns it on
+os.environ.setdefault("RSLAVIS_REPORT", "0")
 
 import pytest
 

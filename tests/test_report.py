@@ -313,6 +313,7 @@ def test_runner_report_failure_only_warns(tmp_path, caplog, monkeypatch):
         raise ValueError("boom")
 
     monkeypatch.setattr(rslavis.report, "write_report", broken)
+    monkeypatch.setenv("RSLAVIS_REPORT", "1")  # tests/conftest.py turns it off for other tests' training runs
     runner = SimpleNamespace(is_main=True, output_dir=tmp_path, datasets={}, device="cpu")
     with caplog.at_level("WARNING"):
         RunnerBase.write_report(runner)
@@ -322,5 +323,5 @@ def test_runner_report_failure_only_warns(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(rslavis.report, "write_report", lambda *a, **k: pytest.fail("RSLAVIS_REPORT=0 must skip the report"))
     RunnerBase.write_report(runner)
     runner.is_main = False
-    monkeypatch.delenv("RSLAVIS_REPORT")
+    monkeypatch.setenv("RSLAVIS_REPORT", "1")
     RunnerBase.write_report(runner)  # other ranks never write

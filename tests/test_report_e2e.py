@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report_e2e")
     cfg = tmp / "tiny.yaml"
     cfg.write_text(TINY.format(cache=tmp / "cache", out=tmp / "out", train=12, epochs=2))
-    out = run_python(["-m", "rslavis.train", "--cfg-path", str(cfg), "--options", "run.job_id=r", "run.val_freq=1"])
+    out = run_python(["-m", "rslavis.train", "--cfg-path", str(cfg), "--options", "run.job_id=r", "run.val_freq=1"], env={"RSLAVIS_REPORT": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp / "out" / "r", out
 

@@ -86,7 +86,7 @@ def _config(ann, images, run_dir, **run):
     return Config.from_dict(cfg).to_yaml()
 
 
-def _write_run(run_dir, config_text, captions, scst=False, loss_scale=1.0):
+def _write_run(run_dir, config_text, captions, scst=False, loss_scale=1.0, str_ids=False):
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(config_text)
     records = []
@@ -105,7 +105,7 @@ def _write_run(run_dir, config_text, captions, scst=False, loss_scale=1.0):
     (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"epoch": 1, "ste')  # killed mid-line
     (run_dir / "result").mkdir()
     for epoch in (0, 1):
-        preds = [{"image_id": i, "caption": c if epoch else "a building"} for i, c in enumerate(captions)]
+        preds = [{"image_id": str(i) if str_ids else i, "caption": c if epoch else "a building"} for i, c in enumerate(captions)]
         (run_dir / "result" / f"test_epoch{epoch}.json").write_text(json.dumps(preds))
     (run_dir / "metrics_test.json").write_text(json.dumps(
         {"epoch": 1, "Bleu_1": 0.6, "Bleu_2": 0.5, "Bleu_3": 0.4, "Bleu_4": 0.3, "ROUGE_L": 0.4, "CIDEr": 0.7, "agg_metrics": 1.0}))
@@ -122,7 +122,7 @@ def fake_run(tmp_path_factory):
     changed = list(captions)
     changed[2] = "two planes on a runway"          # completely different
     changed[6] = "a pond with trees"               # slightly different
-    _write_run(run_b, _config(ann, images, run_b, init_lr=5e-4, task="scst", rewards={"cider": 1.0, "count": 0.5}), changed, scst=True, loss_scale=0.8)
+    _write_run(run_b, _config(ann, images, run_b, init_lr=5e-4, task="scst", rewards={"cider": 1.0, "count": 0.5}), changed, scst=True, loss_scale=0.8, str_ids=True)  # ids "0", "1"... as some exporters write them
     from rslavis.common.config import Config
     from rslavis.common.registry import registry
 
@@ -179,7 +179,7 @@ def test_vqa_accuracy_by_question_type():
     answers = {1: ["2"], 2: ["no"], 3: ["River"], 4: ["no", "nope"]}
     types = {1: "count", 2: "presence", 3: "object", 4: "presence"}
     acc, correct = vqa_accuracy_by_type(results, answers, types)
-    assert correct == {1: True, 2: False, 3: True, 4: True}
+    assert correct == {"1": True, "2": False, "3": True, "4": True}
     assert acc == {"overall": 0.75, "count": 1.0, "object": 1.0, "presence": 0.5}
 
 
@@ -284,6 +284,10 @@ def test_comparison_page(fake_run, tmp_path):
     assert len(cards) == 2 and float(cards[0][1]) > float(cards[1][1]) > 0
     assert text.index("two planes on a runway") < text.index("a pond with trees")
     assert "SCST by step" in text  # B's SCST curves appear next to A's training curves
+    assert text.count("data:image/jpeg;base64,") == 2
+
+    text_b = write_comparison(fake_run["dir_b"], fake_run["dir"], tmp_path / "c2.html", parser="rules").read_text()
+    assert text_b.count('class="card"') == 2 and "<td>SDE</td>" in text_b  # string ids match the dataset's int ids
 
 
 def test_cli(fake_run, tmp_path, capsys):

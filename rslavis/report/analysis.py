@@ -115,10 +115,13 @@ def vqa_accuracy_by_type(results, answers, question_types):
     """``{"overall": acc, type: acc, ...}`` and ``{question_id: correct}``.
 
     A prediction is correct when its normalised answer equals a normalised accepted answer.
+    Question ids are compared as strings (``correct`` is keyed by ``str(question_id)``).
     """
+    answers = {str(k): v for k, v in answers.items()}
+    question_types = {str(k): v for k, v in question_types.items()}
     correct, per_type = {}, {}
     for r in results:
-        qid = r.get("question_id")
+        qid = str(r.get("question_id"))
         if qid not in answers:
             continue
         ok = normalize_answer(r.get("answer", "")) in {normalize_answer(a) for a in answers[qid]}

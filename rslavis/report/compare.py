@@ -79,7 +79,7 @@ def changed_section(sa, sb, la, lb, cap):
              "(1 - word-level similarity) are shown.</p>")
     ds = sa.dataset if sa.dataset is not None else sb.dataset
     paths = _image_paths(ds) if ds is not None else {}
-    refs = ds.references() if ds is not None and hasattr(ds, "references") else {}
+    refs = sa.refs or sb.refs or ({str(k): v for k, v in ds.references().items()} if ds is not None and hasattr(ds, "references") else {})
     cards = []
     for order, i in enumerate(changed):
         uri = H.thumbnail_uri(paths[i]) if i in paths else None

@@ -92,6 +92,7 @@ class _Split:
     def __init__(self, name, metrics, results, dataset):
         self.name, self.metrics, self.results, self.dataset = name, dict(metrics or {}), results, dataset
         self.analysis = None
+        self.refs = None  # {str image id: [references]} once analysed
         self.vqa_acc = None
         self.vqa_correct = None
 
@@ -100,7 +101,8 @@ class _Split:
         return bool(self.results) and "question_id" in self.results[0] and "caption" not in self.results[0]
 
     def predictions(self):
-        return {r["image_id"]: r.get("caption", "") for r in self.results if "image_id" in r}
+        """``{str(image_id): caption}``: ids are compared as strings (JSON may turn 12 into "12")."""
+        return {str(r["image_id"]): str(r.get("caption") or "") for r in self.results if "image_id" in r}
 
 
 def analyse_split(split, parser=None):
@@ -116,7 +118,7 @@ def analyse_split(split, parser=None):
         return
     from rslavis.metrics.object_metrics import object_metrics
 
-    refs = ds.references()
+    refs = {str(k): list(v) for k, v in ds.references().items()}
     preds = split.predictions()
     if not any(i in refs for i in preds):
         return
@@ -124,6 +126,7 @@ def analyse_split(split, parser=None):
     for k in OBJECT_KEYS:
         split.metrics.setdefault(k, om[k])
     split.analysis = analyse_captions(refs, preds, parser=parser)
+    split.refs = refs
 
 
 def metrics_section(splits):
@@ -160,13 +163,13 @@ def _image_paths(dataset):
     paths = {}
     for r in getattr(dataset, "records", None) or []:
         if isinstance(r, dict) and "image_id" in r and "image" in r:
-            paths.setdefault(r["image_id"], r["image"])
+            paths.setdefault(str(r["image_id"]), r["image"])
     return paths
 
 
 def caption_gallery(split, cap):
     a = split.analysis
-    refs = split.dataset.references()
+    refs = split.refs
     preds = split.predictions()
     ids, reasons = select_gallery(a, cap)
     paths = _image_paths(split.dataset)
@@ -202,7 +205,9 @@ def vqa_gallery(split, cap):
     answers = split.dataset.answers()
     types = split.dataset.question_types()
     paths = _image_paths(split.dataset)
-    by_q = {r["question_id"]: r for r in split.results if r.get("question_id") in answers}
+    answers = {str(k): v for k, v in answers.items()}
+    types = {str(k): v for k, v in types.items()}
+    by_q = {str(r["question_id"]): r for r in split.results if str(r.get("question_id")) in answers}
     wrong = [q for q in stable_order(by_q) if not split.vqa_correct.get(q)]
     right = [q for q in stable_order(by_q) if split.vqa_correct.get(q)]
     ids = wrong[: cap // 2]
@@ -211,7 +216,7 @@ def vqa_gallery(split, cap):
     cards = []
     for order, q in enumerate(stable_order(ids)):
         r = by_q[q]
-        uri = H.thumbnail_uri(paths[r.get("image_id")]) if r.get("image_id") in paths else None
+        uri = H.thumbnail_uri(paths[str(r.get("image_id"))]) if str(r.get("image_id")) in paths else None
         img = f'<img src="{uri}" alt="{H.esc(r.get("image_id"))}">' if uri else '<div class="noimg">image not available</div>'
         ok = split.vqa_correct.get(q)
         mark = '<span class="obj ok">correct</span>' if ok else '<span class="obj hall">wrong</span>'

@@ -77,7 +77,11 @@ def apply_lora(llm, r=8, alpha=16, dropout=0.05, targets="attn", family=None):
     pattern = target_regex(family, targets)
     if not any(re.fullmatch(pattern, name) for name, _ in llm.named_modules()):
         raise ConfigError(f"lora_targets {targets!r}: no module of the {type(llm).__name__} matches {pattern!r}.")
-    config = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=pattern, bias="none")
+    # GPT-2's Conv1D stores weights transposed; tell peft instead of letting it warn and guess
+    conv1d = getattr(getattr(llm, "config", None), "model_type", None) == "gpt2"
+    config = LoraConfig(
+        r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=pattern, bias="none", fan_in_fan_out=conv1d
+    )
     llm = inject_adapter_in_model(config, llm)
     for name, p in llm.named_parameters():
         p.requires_grad = "lora_" in name

@@ -51,8 +51,8 @@ def ucm_class(record):
         raise RslavisError(f"ucm_caption: cannot read a class from file name {stem!r}; expected 1.tif ... 2100.tif.") from None
 
 
-# dataset name -> rule giving a record's class when the annotation file has no class field
-CLASS_RULES = {"ucm_caption": ucm_class}
+# dataset name -> (rule giving a record's class, its description) when the annotation file has no class field
+CLASS_RULES = {"ucm_caption": (ucm_class, "UC Merced file numbering, n.tif is class (n - 1) // 100")}
 CLASS_FIELDS = ("label", "background")
 
 
@@ -68,8 +68,8 @@ def scene_classes(records, dataset_name=None, class_field=None):
         missing = sum(1 for r in records if class_field not in r)
         raise RslavisError(f"--class-field {class_field!r}: {missing} of {len(records)} records have no such field.")
     if dataset_name in CLASS_RULES:
-        rule = CLASS_RULES[dataset_name]
-        return [rule(r) for r in records], f"rule {rule.__module__}.{rule.__name__}"
+        rule, description = CLASS_RULES[dataset_name]
+        return [rule(r) for r in records], f"rule: {description}"
     return None, f"the records have no {' or '.join(map(repr, CLASS_FIELDS))} field and {dataset_name!r} has no class rule"
 
 

@@ -48,7 +48,7 @@ def test_scene_classes_come_from_label_background_rule_or_nowhere():
     assert scene_classes([_rec(1, "a", label="Airport", background="x")])[1] == "field 'label'"
     assert scene_classes([_rec(1, "a", background="water")]) == (["water"], "field 'background'")
     classes, source = scene_classes([_rec(1, "a"), _rec(100, "b"), _rec(101, "c"), _rec(2100, "d")], "ucm_caption")
-    assert classes == ["agricultural", "agricultural", "airplane", "tenniscourt"] and source.startswith("rule ")
+    assert classes == ["agricultural", "agricultural", "airplane", "tenniscourt"] and source.startswith("rule: UC Merced")
     classes, reason = scene_classes([_rec(1, "a")], "sydney_caption")
     assert classes is None and "no class rule" in reason
     assert scene_classes([_rec(1, "a", scene="s")], class_field="scene") == (["s"], "field 'scene'")
@@ -79,7 +79,7 @@ def test_ucm_class_oracle_matches_the_published_check(shared_data):
     sets = build("ucm_caption", {"annotation": str(shared_data / "ucm_captions/dataset.json"), "images": str(shared_data / "ucm_captions/images")})
     test = sets["test"]
     classes, source = scene_classes(test.records, "ucm_caption")
-    assert source == "rule rslavis.baselines.ucm_class"
+    assert source == "rule: UC Merced file numbering, n.tif is class (n - 1) // 100"
     assert classes == [UCM_CLASSES[r["image_id"] // 100] for r in test.records]
     out = class_oracle_baseline(test.records, classes, test.references(), meteor=False, spice=False)
     assert out["CIDEr"] == pytest.approx(3.9437164, abs=1e-6)

@@ -30,6 +30,7 @@ BUILTINS = {
     "task": {
         "captioning": "rslavis.tasks.captioning",
         "vqa": "rslavis.tasks.vqa",
+        "scst": "rslavis.tasks.scst",
     },
     "processor": {
         "rs_image_train": "rslavis.processors.image_processors",

@@ -265,6 +265,7 @@ class RunnerBase:
         sampler = loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        self.task.before_epoch(epoch)
         accum = max(1, run.accum_grad_iters)
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.time()

@@ -34,6 +34,9 @@ class BaseTask:
             out[name] = builder.build_datasets()
         return out
 
+    def before_epoch(self, epoch):
+        """Called by the runner at the start of every training epoch (also after a resume)."""
+
     def train_step(self, model, samples):
         """One forward pass; returns a dict with ``loss`` and any scalars to log."""
         return model(samples)

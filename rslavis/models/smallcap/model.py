@@ -160,13 +160,9 @@ class SmallCap(BaseModel):
         out = self.decoder(input_ids=input_ids, attention_mask=attn, encoder_hidden_states=enc, labels=labels)
         return {"loss": out.loss}
 
-    @torch.no_grad()
-    def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
-        image = samples["image"]
-        enc = self.encode_image(image)
-        prompts = self._prompts(samples, len(image))
-        input_ids, attn, _ = self._tokenize(prompts)
-        # left-pad so every prompt ends at the last column (decoder-only generation)
+    def _left_padded_prompts(self, samples, n_images):
+        """``[BOS] prompt`` ids left-padded so every prompt ends at the last column (decoder-only generation)."""
+        input_ids, attn, _ = self._tokenize(self._prompts(samples, n_images))
         lengths = attn.sum(1)
         width = input_ids.shape[1]
         left = torch.full_like(input_ids, self.tokenizer.pad_token_id)
@@ -174,6 +170,14 @@ class SmallCap(BaseModel):
         for i, n in enumerate(lengths.tolist()):
             left[i, width - n :] = input_ids[i, :n]
             left_attn[i, width - n :] = 1
+        return left, left_attn
+
+    @torch.no_grad()
+    def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
+        image = samples["image"]
+        enc = self.encode_image(image)
+        left, left_attn = self._left_padded_prompts(samples, len(image))
+        width = left.shape[1]
         out = self.decoder.generate(
             input_ids=left,
             attention_mask=left_attn,
@@ -190,6 +194,38 @@ class SmallCap(BaseModel):
         )
         new = out[:, width:]
         return [c.strip() for c in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
+        """``n`` captions per image sampled from the decoder (SCST), with per-token log-probs.
+
+        Rows are image-major (image 0's ``n`` samples first). Runs the decoder one token at
+        a time with its KV cache through :func:`rslavis.models.sampling.sample_tokens`;
+        gradients flow into ``logprobs``/``logits`` (encoder included). Dropout follows
+        the module's train/eval mode.
+        """
+        from rslavis.models.sampling import sample_tokens
+
+        tok = self.tokenizer
+        enc = self.encode_image(samples["image"]).repeat_interleave(n, 0)
+        ids, attn = self._left_padded_prompts(samples, len(samples["image"]))
+        ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
+        # left padding: positions count attended tokens, as generate() computes them
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        out = self.decoder(input_ids=ids, attention_mask=attn, position_ids=pos, encoder_hidden_states=enc, use_cache=True)
+
+        def step(tokens, state):
+            attn, last_pos, cache = state
+            attn = torch.cat([attn, attn.new_ones(len(attn), 1)], 1)
+            last_pos = last_pos + 1
+            o = self.decoder(input_ids=tokens[:, None], attention_mask=attn, position_ids=last_pos, encoder_hidden_states=enc,
+                             past_key_values=cache, use_cache=True)
+            return o.logits[:, -1], (attn, last_pos, o.past_key_values)
+
+        res = sample_tokens(step, out.logits[:, -1], (attn, pos[:, -1:], out.past_key_values), max_len=max_len,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, temperature=temperature,
+                            min_len=min_len, return_logits=return_logits, greedy=greedy, generator=generator)
+        captions = [c.strip() for c in tok.batch_decode(res.token_ids, skip_special_tokens=True)]
+        return res.to_sample_output(captions)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory):

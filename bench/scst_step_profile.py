@@ -1,0 +1,90 @@
+"""Where an SCST step spends its time: sampling (incl. the greedy baseline), rewards, backward.
+
+Builds the task, datasets and model of a project exactly as ``python -m rslavis.train``
+does (default: the tiny SCST project), then times ``--steps`` SCST steps on training
+batches after ``--warmup`` untimed ones (first-call costs: CIDEr corpus statistics,
+parser start-up, reference caches). Each phase is timed with ``time.perf_counter``
+inside :meth:`SCSTTask.scst_step`; backward and the optimizer step are timed here.
+Prints the mean seconds of each phase and its share of the step. Goal: rewards <= 10%.
+
+    python bench/scst_step_profile.py [--cfg-path projects/smallcap/synthetic_scst.yaml] [--steps 10]
+        [--options run.batch_size_train=16 ...]
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cfg-path", default=str(ROOT / "projects" / "smallcap" / "synthetic_scst.yaml"))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--options", nargs="*", default=[])
+    args = ap.parse_args()
+
+    from rslavis.common.checkpoint import seed_everything
+    from rslavis.common.config import Config
+    from rslavis.common.registry import registry
+    from rslavis.runners.runner_base import RunnerBase
+
+    out_dir = Path("/tmp") / f"scst_profile_{os.getpid()}"
+    cfg = Config.from_file(args.cfg_path, [f"run.output_dir={out_dir}", "run.job_id=profile", "model.finetuned=", *args.options])
+    seed_everything(int(cfg.run.seed))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    task = registry.get_task_class(cfg.run.task).setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    runner = RunnerBase(cfg, task, model, datasets, "profile")
+    model.prepare_for_training(datasets, None)
+    loader = runner._loader(runner.train_dataset(), train=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    task.before_epoch(max(task.start_epoch, 0))
+    model.train()
+
+    totals = {"sample": 0.0, "reward": 0.0, "loss": 0.0, "backward": 0.0}
+    it = iter(loader)
+    n_rows = 0
+    for i in range(args.warmup + args.steps):
+        try:
+            samples = next(it)
+        except StopIteration:
+            it = iter(loader)
+            samples = next(it)
+        timings = {}
+        t0 = time.perf_counter()
+        out = task.scst_step(model, samples, timings=timings)
+        t1 = time.perf_counter()
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        if i >= args.warmup:
+            totals["sample"] += timings["sample"]
+            totals["reward"] += timings["reward"]
+            totals["loss"] += (t1 - t0) - timings["sample"] - timings["reward"]
+            totals["backward"] += t2 - t1
+            n_rows += len(samples["image"]) * task.num_samples
+    step = sum(totals.values())
+    print(f"config: {args.cfg_path} {' '.join(args.options)}")
+    print(f"SCST steps timed: {args.steps} (after {args.warmup} warm-up), {n_rows // args.steps} sampled captions per step "
+          f"(batch {cfg.run.batch_size_train} x n {task.num_samples}), baseline {task.baseline}, rewards {dict(task.rewards_cfg)}")
+    print(f"mean step: {step / args.steps:.3f} s")
+    for k, label in (("sample", "sampling + greedy baseline"), ("reward", "reward computation"), ("loss", "loss + loss terms"),
+                     ("backward", "backward + optimizer step")):
+        print(f"  {label:28s} {totals[k] / args.steps:8.3f} s  {100 * totals[k] / step:5.1f}%")
+    share = totals["reward"] / step
+    print(f"rewards share: {100 * share:.1f}% (goal <= 10%): {'met' if share <= 0.10 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

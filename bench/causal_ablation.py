@@ -1,6 +1,6 @@
 """Ablation of smallcap_causal on the confounded synthetic split: causal block x retrieval, several seeds.
 
-    python bench/causal_ablation.py [--seeds 0 1 2] [--train 300] [--epochs 3] [--out bench_causal.json]
+    python bench/causal_ablation.py [--seeds 0 1 2] [--train 200] [--epochs 2] [--out bench_causal.json]
 
 The confounded split (``rs_synthetic`` with ``type: confounded``): in training, scenes on
 the context background (concrete) show the object (plane) 90% of the time; every test
@@ -100,8 +100,8 @@ def summary(values):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--train", type=int, default=300, help="training images (5 captions each)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train", type=int, default=200, help="training images (5 captions each)")
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--out", default=None, help="also write the numbers as JSON")

@@ -9,6 +9,8 @@ Prints the mean seconds of each phase and its share of the step. Goal: rewards <
 
     python bench/scst_step_profile.py [--cfg-path projects/smallcap/synthetic_scst.yaml] [--steps 10]
         [--options run.batch_size_train=16 ...]
+
+On a shared machine set ``OMP_NUM_THREADS=1`` (thread oversubscription inflates every phase).
 """
 
 import argparse
@@ -40,7 +42,6 @@ def main():
     out_dir = Path("/tmp") / f"scst_profile_{os.getpid()}"
     cfg = Config.from_file(args.cfg_path, [f"run.output_dir={out_dir}", "run.job_id=profile", "model.finetuned=", *args.options])
     seed_everything(int(cfg.run.seed))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     task = registry.get_task_class(cfg.run.task).setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
@@ -75,7 +76,7 @@ def main():
             totals["backward"] += t2 - t1
             n_rows += len(samples["image"]) * task.num_samples
     step = sum(totals.values())
-    print(f"config: {args.cfg_path} {' '.join(args.options)}")
+    print(f"config: {args.cfg_path} {' '.join(args.options)}; torch threads: {torch.get_num_threads()}")
     print(f"SCST steps timed: {args.steps} (after {args.warmup} warm-up), {n_rows // args.steps} sampled captions per step "
           f"(batch {cfg.run.batch_size_train} x n {task.num_samples}), baseline {task.baseline}, rewards {dict(task.rewards_cfg)}")
     print(f"mean step: {step / args.steps:.3f} s")

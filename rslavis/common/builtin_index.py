@@ -9,9 +9,9 @@ agree, so the two cannot drift apart.
 BUILTINS = {
     "model": {
         "smallcap": "rslavis.models.smallcap.model",
-        "knn_caption": "rslavis.models.knn_caption",
         "instructblip": "rslavis.models.instructblip.model",
         "smallcap_causal": "rslavis.models.smallcap.causal",
+        "knn_caption": "rslavis.models.knn_caption",
     },
     "builder": {
         "rs_synthetic": "rslavis.datasets.builders.synthetic",

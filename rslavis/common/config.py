@@ -197,7 +197,6 @@ class Config:
 
     @classmethod
     def from_file(cls, cfg_path, options=None):
-        OmegaConf = _omegaconf()
         project = load_yaml(cfg_path, "project config")
         source = str(cfg_path)
         _check_sections(project, source)

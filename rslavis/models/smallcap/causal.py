@@ -333,11 +333,6 @@ class SmallCapCausal(SmallCap):
         """SmallCap's files, the arch name ``smallcap_causal`` and the datastore in ``retrieval/``."""
         super().save_pretrained(directory)
         d = Path(directory)
-        cfg = json.loads((d / "config.json").read_text())
-        cfg["arch"] = self.ARCH
-        from rslavis.common.checkpoint import atomic_write_json
-
-        atomic_write_json(cfg, d / "config.json", indent=2)
         if self.datastore is not None:
             self.datastore.save(d / "retrieval")
 

@@ -66,6 +66,7 @@ def build_decoder(dcfg, vocab_size, tokenizer):
 
 @registry.register_model("smallcap")
 class SmallCap(BaseModel):
+    ARCH = "smallcap"  # registry name written by save_pretrained; subclasses override
     PRETRAINED_MODEL_CONFIG_DICT = {"tiny": "configs/models/smallcap/tiny.yaml"}
     DEFAULT_MODEL_TYPE = "tiny"
 
@@ -240,7 +241,7 @@ class SmallCap(BaseModel):
         d.mkdir(parents=True, exist_ok=True)
         cfg = dict(self.cfg)
         cfg["tokenizer_path"] = None
-        atomic_write_json({"arch": "smallcap", **cfg}, d / "config.json", indent=2)
+        atomic_write_json({"arch": self.ARCH, **cfg}, d / "config.json", indent=2)
         self.tokenizer.save_pretrained(str(d / "tokenizer"))
         tmp = d / ".model.safetensors.tmp"
         save_model(self, str(tmp))  # handles GPT-2's tied input/output embeddings

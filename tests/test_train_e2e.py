@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -78,7 +77,7 @@ def test_run_writes_every_output_and_evaluates(tmp_path):
     assert {"model", "optimizer", "lr_scheduler", "epoch", "global_step", "rng", "config"} <= set(ckpt)
 
     # evaluate: True re-scores the best checkpoint without training
-    ev = train(cfg, "run.job_id=b", "run.evaluate=True", f"run.resume_ckpt_path={run_dir / 'checkpoint_best.pth'}", "model.tokenizer_path=" + str(run_dir / "tokenizer"))
+    train(cfg, "run.job_id=b", "run.evaluate=True", f"run.resume_ckpt_path={run_dir / 'checkpoint_best.pth'}", "model.tokenizer_path=" + str(run_dir / "tokenizer"))
     again = json.loads((tmp_path / "out" / "b" / "metrics_test.json").read_text())
     assert again["CIDEr"] == pytest.approx(metrics["CIDEr"])
     assert not (tmp_path / "out" / "b" / "checkpoint_latest.pth").exists()
@@ -157,3 +156,13 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     assert "Traceback" not in out.stderr
     steps = [json.loads(l) for l in (tmp_path / "out" / "second" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
     assert steps and steps[-1]["skipped_images"] >= 10 * 5 - 8  # counted per epoch
+
+
+def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path):
+    cfg = project(tmp_path, train=12, epochs=1)
+    train(cfg, "run.job_id=acc", "run.accum_grad_iters=3", "run.valid_splits=[]", "run.test_splits=[]")
+    ckpt = load_checkpoint(tmp_path / "out" / "acc" / "checkpoint_latest.pth")
+    steps = {float(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+    # 60 pairs / batch 8 = 7 batches: optimizer steps after batches 3, 6 and the last one
+    assert steps == {3.0}
+    assert ckpt["global_step"] == 7

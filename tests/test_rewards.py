@@ -165,3 +165,14 @@ def test_rewards_on_real_captions(shared_data):
     # a caption of the image itself beats one of another image on CIDEr and SDE
     assert p_own["cider"].mean() > p_other["cider"].mean()
     assert p_own["sde"].mean() > p_other["sde"].mean()
+
+
+def test_count_reward_does_not_reward_omitting_counts():
+    """Leaving the count out must score worse than stating a nearly right count (SCST exploits it otherwise)."""
+    reward = registry.get_reward_class("count")(parser="rules")
+    refs = [["there are four planes ."]] * 3
+    stated_near, stated_exact, omitted = reward(["there are three planes .", "there are four planes .", "there are planes ."], refs).tolist()
+    assert stated_exact == 0.0 and stated_near == -1.0
+    assert omitted == -4.0  # compared as if it said zero planes
+    ignore = registry.get_reward_class("count")(parser="rules", missing="ignore")
+    assert ignore(["there are planes ."], refs[:1]).tolist() == [0.0]

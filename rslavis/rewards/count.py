@@ -9,8 +9,15 @@ buildings." against "There are five planes and one building." gives
 
 As a reward (``mode``): ``abs`` (default) is ``-abs_error``; ``squared`` is
 ``-mean squared error``; ``relative`` is ``-mean |n_gen - n_ref| / n_ref``; ``exact`` is
-the share of compared objects with the exact count; all multiplied by ``scale``. A
-caption with no object counted on both sides gets ``empty_value`` (0.0).
+the share of compared objects with the exact count; all multiplied by ``scale``.
+
+Objects the references count but the caption does not (``missing``): with ``zero``
+(the default) such an object is compared as if the caption had said 0, so leaving a
+count out costs as much as saying "none". Without it, omitting every count would score
+the best possible value and SCST learns exactly that (``bench/scst_gain.py`` showed it:
+with ``missing: ignore`` the policy stopped stating counts). ``ignore`` compares only the
+objects counted on both sides, as the metric does. A caption with nothing to compare
+gets ``empty_value`` (0.0).
 """
 
 from rslavis.common.errors import ConfigError
@@ -19,6 +26,7 @@ from rslavis.rewards._objects import ObjectRewardMixin
 from rslavis.rewards.base_reward import BaseReward
 
 MODES = ("abs", "squared", "relative", "exact")
+MISSING = ("zero", "ignore")
 
 
 def count_pairs(generated_objects, reference_counts, match):
@@ -30,6 +38,18 @@ def count_pairs(generated_objects, reference_counts, match):
         h = match(obj, generated_objects)
         if h is not None and generated_objects.get(h) is not None:
             pairs.append((int(generated_objects[h]), int(n_ref)))
+    return pairs
+
+
+def reward_pairs(generated_objects, reference_counts, match):
+    """``[(n_gen, n_ref)]`` for every object the references count; 0 where the caption gives no count."""
+    pairs = []
+    for obj, n_ref in reference_counts.items():
+        if n_ref is None:
+            continue
+        h = match(obj, generated_objects)
+        n_gen = generated_objects.get(h) if h is not None else None
+        pairs.append((int(n_gen) if n_gen is not None else 0, int(n_ref)))
     return pairs
 
 
@@ -46,11 +66,14 @@ def count_errors(generated_objects, reference_counts, match):
 @registry.register_reward("count")
 class CountReward(ObjectRewardMixin, BaseReward):
     """Count reward (see module docstring). Config: ``mode`` (abs), ``scale`` (1.0),
-    ``empty_value`` (0.0), ``parser``. ``extra``: ``count_dicts``."""
+    ``missing`` (zero), ``empty_value`` (0.0), ``parser``. ``extra``: ``count_dicts``."""
 
-    def __init__(self, mode="abs", scale=1.0, empty_value=0.0, parser=None, cache_size=100000):
+    def __init__(self, mode="abs", scale=1.0, empty_value=0.0, missing="zero", parser=None, cache_size=100000):
         if mode not in MODES:
             raise ConfigError(f"count reward: mode={mode!r} is invalid; valid modes: {', '.join(MODES)}.")
+        if missing not in MISSING:
+            raise ConfigError(f"count reward: missing={missing!r} is invalid; valid: {', '.join(MISSING)}.")
+        self.missing = missing
         self._init_objects(parser, cache_size)
         self.mode = mode
         self.scale = float(scale)
@@ -63,7 +86,7 @@ class CountReward(ObjectRewardMixin, BaseReward):
         return [count_errors(g, r, self.match) for g, r in zip(gen, gt)]
 
     def _value(self, g, r):
-        pairs = count_pairs(g, r, self.match)
+        pairs = (reward_pairs if self.missing == "zero" else count_pairs)(g, r, self.match)
         if not pairs:
             return self.empty_value
         n = len(pairs)

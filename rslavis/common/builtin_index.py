@@ -12,6 +12,8 @@ BUILTINS = {
         "instructblip": "rslavis.models.instructblip.model",
         "smallcap_causal": "rslavis.models.smallcap.causal",
         "knn_caption": "rslavis.models.knn_caption",
+        "rs_moe": "rslavis.models.rs_moe.model",
+        "score_model": "rslavis.models.score_model",
     },
     "builder": {
         "rs_synthetic": "rslavis.datasets.builders.synthetic",
@@ -26,11 +28,14 @@ BUILTINS = {
         "vrsbench_vqa": "rslavis.datasets.builders.vqa_builders",
         "rsvqa_lr": "rslavis.datasets.builders.vqa_builders",
         "rsvqa_hr": "rslavis.datasets.builders.vqa_builders",
+        "preference_json": "rslavis.datasets.preference",
+        "caption_preferences": "rslavis.datasets.preference",
     },
     "task": {
         "captioning": "rslavis.tasks.captioning",
         "vqa": "rslavis.tasks.vqa",
         "scst": "rslavis.tasks.scst",
+        "preference": "rslavis.tasks.preference",
     },
     "processor": {
         "rs_image_train": "rslavis.processors.image_processors",
@@ -45,6 +50,7 @@ BUILTINS = {
         "nkl": "rslavis.rewards.nkl",
         "length": "rslavis.rewards.length",
         "varentropy": "rslavis.rewards.varentropy",
+        "learned_score": "rslavis.rewards.learned_score",
     },
     "lr_scheduler": {
         "linear_warmup_cosine_lr": "rslavis.runners.lr_schedulers",

@@ -21,9 +21,11 @@ class CaptionTask(BaseTask):
     ``run.eval_rewards: [name, ...]`` also reports the mean of each registered reward
     on the evaluated split (key ``reward/<name>``); ``run.skip_metrics: [METEOR, SPICE]``
     leaves out metrics that need a Java start (tests use it to stay fast).
+    ``run.inference_method: best_of_n`` with ``run.best_of_n: {n, scorer | reward, ...}``
+    keeps the best of n sampled captions (:mod:`rslavis.tasks.best_of_n`).
     """
 
-    RUN_KEYS = {"eval_rewards": list, "skip_metrics": list}
+    RUN_KEYS = {"eval_rewards": list, "skip_metrics": list, "inference_method": str, "best_of_n": object}
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -36,6 +38,14 @@ class CaptionTask(BaseTask):
         self.report_metric = run.get("report_metric", True)
         self.skip_metrics = {str(m).upper() for m in (run.get("skip_metrics") or [])}
         self.eval_rewards = {name: registry.get_reward_class(name).from_config({}) for name in (run.get("eval_rewards") or [])}
+        method = str(run.get("inference_method") or "generate")
+        if method not in ("generate", "best_of_n"):
+            from rslavis.common.errors import ConfigError
+
+            raise ConfigError(f"run.inference_method: {method!r} is unknown for captioning; valid: generate, best_of_n.")
+        from rslavis.tasks.best_of_n import from_run
+
+        self.best_of_n = from_run(run, "caption")
 
     def generation_kwargs(self):
         return dict(
@@ -50,10 +60,15 @@ class CaptionTask(BaseTask):
     def evaluation(self, model, data_loader, split):
         model.eval()
         results = []
+        if self.best_of_n is not None:
+            self.best_of_n.start()
         for samples in progress(data_loader, desc=f"eval {split}", disable=not is_main_process()):
             if not samples:
                 continue
-            captions = model.generate(samples, **self.generation_kwargs())
+            if self.best_of_n is not None:
+                captions = self.best_of_n.select(model, samples, self.generation_kwargs())
+            else:
+                captions = model.generate(samples, **self.generation_kwargs())
             results.extend({"image_id": i, "caption": c} for i, c in zip(samples["image_id"], captions))
         return results
 

@@ -214,6 +214,8 @@ class SCSTTask(CaptionTask):
             extra["count_dicts"] = [d for d in samples["count_dict"] for _ in range(n)]
         if samples.get("image_id") is not None:
             extra["image_ids"] = [i for i in samples["image_id"] for _ in range(n)]
+        if isinstance(samples.get("image"), torch.Tensor):  # for image-reading rewards (learned_score)
+            extra["images"] = samples["image"].repeat_interleave(n, 0)
         return extra
 
     def greedy_captions(self, model, samples):

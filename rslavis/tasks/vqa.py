@@ -7,6 +7,9 @@ Run keys (on top of the generation keys ``max_len``, ``min_len``, ``num_beams``,
 - ``answer_list``: candidates for ``rank``: a list, or a path to a JSON list / text file
   (one answer per line); null takes the distinct answers of the training splits.
 - ``rank_chunk``: candidates scored per forward pass (memory).
+- ``inference_method: best_of_n`` with ``best_of_n: {n, scorer | reward, ...}``: keep
+  the best of n sampled answers (:mod:`rslavis.tasks.best_of_n`; the scorer reads
+  ``"{question} {caption}"``).
 
 Results (``result/<split>_epoch<N>.json``) hold ``question_id``, ``image_id``,
 ``question``, ``answer`` and ``question_type``; metrics (:mod:`rslavis.metrics.vqa`):
@@ -29,7 +32,7 @@ from rslavis.tasks.base_task import BaseTask
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_METHODS = ("generate", "rank")
+INFERENCE_METHODS = ("generate", "rank", "best_of_n")
 
 
 def read_answer_list(value, option="run.answer_list"):
@@ -55,7 +58,7 @@ def read_answer_list(value, option="run.answer_list"):
 
 @registry.register_task("vqa")
 class VQATask(BaseTask):
-    RUN_KEYS = {"inference_method": str, "answer_list": object, "rank_chunk": int}
+    RUN_KEYS = {"inference_method": str, "answer_list": object, "rank_chunk": int, "best_of_n": object}
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -75,6 +78,9 @@ class VQATask(BaseTask):
 
             answer_list = OmegaConf.to_container(answer_list) if OmegaConf.is_config(answer_list) else list(answer_list)
         self.candidates = read_answer_list(answer_list) if answer_list is not None else None
+        from rslavis.tasks.best_of_n import from_run
+
+        self.best_of_n = from_run(run, "vqa")
 
     def build_datasets(self, cfg):
         datasets = super().build_datasets(cfg)
@@ -104,12 +110,16 @@ class VQATask(BaseTask):
             if not hasattr(model, "rank_answers"):
                 raise ConfigError(f"run.inference_method rank: {type(model).__name__} has no rank_answers(); use generate.")
             return model.rank_answers(samples, self.candidates, chunk=self.rank_chunk)
+        if self.best_of_n is not None:
+            return self.best_of_n.select(model, samples, self.generation_kwargs())
         return model.generate(samples, **self.generation_kwargs())
 
     @torch.no_grad()
     def evaluation(self, model, data_loader, split):
         model.eval()
         results = []
+        if self.best_of_n is not None:
+            self.best_of_n.start()
         for samples in progress(data_loader, desc=f"eval {split}", disable=not is_main_process()):
             if not samples:
                 continue

@@ -1,0 +1,175 @@
+"""Task ``preference``: train a quality scorer on ranked texts per image.
+
+Items carry ``candidates`` and ``ranks`` (lower is better; see
+:mod:`rslavis.datasets.preference`). Losses on the scores ``s`` of one item:
+
+- a pair (two candidates): Bradley-Terry, ``-log sigmoid(s_chosen - s_rejected)``;
+- a ranked list (``run.list_loss``): ``plackett_luce`` (ListMLE: the negative
+  log-likelihood of the ranking under the Plackett-Luce model; tied candidates keep
+  their listed order) or ``pairwise`` (Bradley-Terry averaged over every pair of
+  different rank). With two candidates both equal Bradley-Terry.
+
+``run.score_reg`` (0) adds ``score_reg * mean(s^2)``, which keeps scores near zero
+(Bradley-Terry only fixes differences).
+
+Evaluation: per item, the share of candidate pairs of different rank that the scorer
+orders correctly (ties in score count half). Metrics: ``accuracy`` (over all such
+pairs), ``accuracy/<category>`` (per corruption type or file category), ``margin``
+(mean ``s_better - s_worse``) and ``top1`` (items whose best-ranked candidate scores
+highest); ``agg_metrics`` is ``accuracy``.
+"""
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from rslavis.common.checkpoint import atomic_write_json
+from rslavis.common.dist_utils import is_main_process
+from rslavis.common.errors import ConfigError
+from rslavis.common.logger import progress
+from rslavis.common.registry import registry
+from rslavis.tasks.base_task import BaseTask
+
+logger = logging.getLogger(__name__)
+
+LIST_LOSSES = ("plackett_luce", "pairwise")
+
+
+def bradley_terry(better, worse):
+    """``-log sigmoid(better - worse)`` elementwise."""
+    return -F.logsigmoid(better - worse)
+
+
+def plackett_luce(scores, ranks):
+    """ListMLE: ``-log P(order)`` under Plackett-Luce, the order sorted by rank (stable)."""
+    order = sorted(range(len(ranks)), key=lambda i: ranks[i])
+    s = scores[order]
+    # log P = sum_k s_k - logsumexp(s_k..s_n); the last term is 0
+    tail = torch.logcumsumexp(s.flip(0), 0).flip(0)
+    return (tail - s)[:-1].sum()
+
+
+def pairwise(scores, ranks):
+    idx = [(i, j) for i in range(len(ranks)) for j in range(len(ranks)) if ranks[i] < ranks[j]]
+    i, j = zip(*idx)
+    return bradley_terry(scores[list(i)], scores[list(j)]).mean()
+
+
+def flat_scores(model, samples):
+    """Scores of every candidate of every item, split per item."""
+    images = samples["image"]
+    cands = samples["candidates"]
+    sizes = [len(c) for c in cands]
+    rows = torch.repeat_interleave(torch.arange(len(cands), device=images.device), torch.tensor(sizes, device=images.device))
+    texts = [t for c in cands for t in c]
+    prompts = samples.get("text_input")
+    prompts = [prompts[i] or None for i in rows.tolist()] if prompts is not None else None
+    if prompts is not None and any(p is None for p in prompts):
+        prompts = None
+    scores = model.scores(images[rows], texts, prompts)
+    return list(torch.split(scores, sizes))
+
+
+def preference_loss(model, samples, list_loss="plackett_luce", score_reg=0.0):
+    """``{"loss", "pref/accuracy", "pref/margin"}`` of a batch (see module docstring)."""
+    per_item = flat_scores(model, samples)
+    losses, correct, total, margins = [], 0.0, 0, []
+    for s, ranks in zip(per_item, samples["ranks"]):
+        if len(s) == 2:
+            better, worse = (0, 1) if ranks[0] < ranks[1] else (1, 0)
+            losses.append(bradley_terry(s[better], s[worse]))
+        elif list_loss == "pairwise":
+            losses.append(pairwise(s, ranks))
+        else:
+            losses.append(plackett_luce(s, ranks))
+        c, n, m = pair_agreement(s.detach(), ranks)
+        correct, total = correct + c, total + n
+        margins.append(m)
+    loss = torch.stack(losses).mean()
+    if score_reg:
+        loss = loss + float(score_reg) * torch.cat(per_item).pow(2).mean()
+    return {"loss": loss, "pref/accuracy": correct / max(total, 1), "pref/margin": sum(margins) / max(len(margins), 1)}
+
+
+def pair_agreement(scores, ranks):
+    """``(correctly ordered pairs, pairs of different rank, mean margin)``; score ties count half."""
+    s = [float(x) for x in scores]
+    correct, n, margin = 0.0, 0, 0.0
+    for i in range(len(ranks)):
+        for j in range(len(ranks)):
+            if ranks[i] < ranks[j]:
+                n += 1
+                d = s[i] - s[j]
+                correct += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+                margin += d
+    return correct, n, margin / max(n, 1)
+
+
+@registry.register_task("preference")
+class PreferenceTask(BaseTask):
+    RUN_KEYS = {"list_loss": str, "score_reg": float}
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.list_loss = str(cfg.run.get("list_loss") or "plackett_luce")
+        if self.list_loss not in LIST_LOSSES:
+            raise ConfigError(f"run.list_loss: {self.list_loss!r} is unknown; valid: {', '.join(LIST_LOSSES)}.")
+        self.score_reg = float(cfg.run.get("score_reg") or 0.0)
+
+    def train_step(self, model, samples):
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        return preference_loss(inner, samples, self.list_loss, self.score_reg)
+
+    @torch.no_grad()
+    def evaluation(self, model, data_loader, split):
+        model.eval()
+        results = []
+        for samples in progress(data_loader, desc=f"eval {split}", disable=not is_main_process()):
+            if not samples:
+                continue
+            for i, s in enumerate(flat_scores(model, samples)):
+                ranks = samples["ranks"][i]
+                c, n, m = pair_agreement(s, ranks)
+                best = min(range(len(ranks)), key=lambda k: ranks[k])
+                results.append({
+                    # the runner de-duplicates gathered results by question_id, else image_id: the item id goes there
+                    "question_id": samples["pair_id"][i],
+                    "image_id": samples["image_id"][i],
+                    "category": samples["corruption"][i],
+                    "scores": [round(float(x), 5) for x in s],
+                    "ranks": list(ranks),
+                    "correct": c,
+                    "pairs": n,
+                    "margin": m,
+                    "top1": bool(int(torch.argmax(s)) == best),
+                })
+        return results
+
+    def after_evaluation(self, results, split, epoch, dataset, result_dir):
+        atomic_write_json(results, Path(result_dir) / f"{split}_epoch{epoch}.json")
+        return preference_metrics(results)
+
+
+def preference_metrics(results):
+    """Metrics of evaluation results (see module docstring)."""
+    by_cat = defaultdict(lambda: [0.0, 0])
+    correct = total = 0
+    for r in results:
+        correct += r["correct"]
+        total += r["pairs"]
+        if r.get("category"):
+            by_cat[r["category"]][0] += r["correct"]
+            by_cat[r["category"]][1] += r["pairs"]
+    metrics = {
+        "accuracy": correct / max(total, 1),
+        "margin": sum(r["margin"] for r in results) / max(len(results), 1),
+        "top1": sum(r["top1"] for r in results) / max(len(results), 1),
+        "items": float(len(results)),
+    }
+    for cat, (c, n) in sorted(by_cat.items()):
+        metrics[f"accuracy/{cat}"] = c / max(n, 1)
+    metrics["agg_metrics"] = metrics["accuracy"]
+    return metrics

@@ -1,0 +1,1 @@
+"""RS-MoE: instruction router and lightweight LLM experts (model ``rs_moe``)."""

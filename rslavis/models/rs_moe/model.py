@@ -178,7 +178,7 @@ def _source_kind(path, option):
             raise ConfigError(f"{option} {p}: a checkpoint of a {arch!r} run; valid sources: rs_moe or instructblip runs.")
         return arch
     if not p.is_dir():
-        raise ConfigError(f"{option}: not found: {p} (a run checkpoint .pth, a save_pretrained directory, or a local model directory).")
+        raise ConfigError(f"{option}: not found: {p} (stage 1: a dense instructblip run checkpoint .pth or save directory, or a local model directory; stage 2: a stage-1 rs_moe run checkpoint or save directory).")
     if not (p / "config.json").is_file():
         raise ConfigError(f"{option} {p}: no config.json (expected a save_pretrained directory or a Hugging Face model directory).")
     cfg = _read_json(p / "config.json")

@@ -18,7 +18,8 @@ Builders:
   reference caption preferred over a corrupted version, see
   :mod:`rslavis.datasets.corruptions`). ``build_info``: ``source`` (builder name),
   ``source_config`` (that dataset's entry, merged over its default YAML),
-  ``corruptions`` (``{type: share}``), ``pairs_per_caption``, ``max_captions_per_image``,
+  ``corruptions`` (``{type: share}``, merged over the default shares: 0 leaves a type
+  out), ``pairs_per_caption``, ``max_captions_per_image``,
   ``seed``, ``synonyms``.
 
 :func:`write_pairs_json` writes generated pairs in the ``preference_json`` format.

@@ -18,7 +18,9 @@ Pipeline for a batch of images and instructions (``text_input``):
    ``softmax(sum_k g_k z_k)``. Either way the model is an ordinary autoregressive
    distribution, so teacher forcing, greedy and beam search (:meth:`generate`) and SCST
    sampling (:meth:`sample`, through :mod:`rslavis.models.sampling`) are exact.
-   ``top_k`` keeps the k largest gates per sequence; experts no row uses are skipped.
+   ``top_k`` keeps the k largest gates per sequence: in teacher forcing (training,
+   answer ranking) each expert runs only on the rows routed to it; decoding runs an
+   expert on the whole batch unless no row uses it.
 
 Two stages (``stage``):
 
@@ -530,16 +532,25 @@ class RSMoE(BaseModel):
 
     # ------------------------------------------------------------------ teacher forcing
     def expert_target_logits(self, enc, targets, target_mask, experts=None):
-        """Per expert, logits (R, T, V) predicting ``targets`` (R, T) after its prefix."""
+        """Per expert, logits (R, T, V) predicting ``targets`` (R, T) after its prefix.
+
+        With ``top_k`` routing only the rows routed to expert k go through it (the other
+        rows get zero logits, which their gate of 0 removes from the mixture)."""
         out = {}
         for k in experts if experts is not None else self._active(enc.gates):
-            ids, mask = self.prefix_ids(k, enc.prompts)
+            rows = (enc.gates[:, k] > 0).nonzero().flatten()
+            part = len(rows) < len(enc.prompts)
+            pick = (lambda t: t[rows]) if part else (lambda t: t)  # noqa: E731
+            ids, mask = self.prefix_ids(k, [enc.prompts[i] for i in rows.tolist()] if part else enc.prompts)
             expert = self.experts[k]
-            emb = torch.cat([self._embed(k, ids, enc.features[k]), expert.get_input_embeddings()(targets)], 1)
-            full = torch.cat([mask, target_mask], 1)
+            emb = torch.cat([self._embed(k, ids, pick(enc.features[k])), expert.get_input_embeddings()(pick(targets))], 1)
+            full = torch.cat([mask, pick(target_mask)], 1)
             width = ids.shape[1]
             logits = expert(inputs_embeds=emb, attention_mask=full, position_ids=self._positions(full)).logits
-            out[k] = logits[:, width - 1 : width - 1 + targets.shape[1]]
+            logits = logits[:, width - 1 : width - 1 + targets.shape[1]]
+            if part:
+                logits = logits.new_zeros(len(enc.prompts), *logits.shape[1:]).index_copy(0, rows, logits)
+            out[k] = logits
         return out
 
     def target_logprobs(self, enc, targets, target_mask):

@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rslavis.common.errors import ConfigError, DataError, RslavisError
+from rslavis.common.errors import ConfigError, DataError
 
 logger = logging.getLogger("rslavis.caption")
 
@@ -149,16 +149,9 @@ def caption_images(model, files, root, processor, batch_size=16, generate_kwargs
 
 def main(argv=None):
     args = parse_args(argv)
-    from rslavis.common.logger import setup_logging
+    from rslavis.common.cli import run_cli
 
-    setup_logging()
-    try:
-        return run(args)
-    except RslavisError as exc:
-        if args.debug:
-            raise
-        print(f"rslavis: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(run, args)
 
 
 def run(args):

@@ -42,18 +42,9 @@ def find_latest_checkpoint(output_dir, job_id=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    from rslavis.common.logger import setup_logging
+    from rslavis.common.cli import run_cli
 
-    rank = int(os.environ.get("RANK", 0))
-    setup_logging(rank)
-    try:
-        return run(args)
-    except RslavisError as exc:
-        if args.debug:
-            raise
-        print(f"rslavis: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(run, parse_args(argv), rank=int(os.environ.get("RANK", 0)))
 
 
 def run(args):

@@ -82,6 +82,13 @@ def _omegaconf():
     return OmegaConf
 
 
+def to_plain(value):
+    """OmegaConf nodes as plain dicts/lists (for constructors, hashing, JSON); anything else unchanged."""
+    if hasattr(value, "_content"):  # an OmegaConf node; no omegaconf import for plain values
+        return _omegaconf().to_container(value, resolve=True)
+    return value
+
+
 def load_yaml(path, what="config file"):
     """Load a YAML file to a DictConfig; a missing file or syntax error is a ConfigError."""
     OmegaConf = _omegaconf()

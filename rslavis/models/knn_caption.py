@@ -29,6 +29,7 @@ import logging
 import numpy as np
 import torch
 
+from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, DataError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -39,15 +40,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("consensus", "nearest")
 
-
-def _plain(cfg):
-    if cfg is None:
-        return {}
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
 
 
 def consensus_indices(groups, scorer):
@@ -81,7 +73,7 @@ class KNNCaption(BaseModel):
 
     def __init__(self, cfg):
         super().__init__()
-        self.cfg = _plain(cfg)
+        self.cfg = dict(to_plain(cfg) or {})
         self.k = int(self.cfg.get("k", 5))
         if self.k < 1:
             raise ConfigError(f"model.k must be a positive integer, got {self.cfg.get('k')!r}.")

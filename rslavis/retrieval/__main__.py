@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from rslavis.common.errors import ConfigError, RslavisError
+from rslavis.common.errors import ConfigError
 
 
 def main(argv=None):
@@ -21,16 +21,9 @@ def main(argv=None):
     p.add_argument("--device", default=None, help="default: run.device, else cpu")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    from rslavis.common.logger import setup_logging
+    from rslavis.common.cli import run_cli
 
-    setup_logging()
-    try:
-        return run(args)
-    except RslavisError as exc:
-        if args.debug:
-            raise
-        print(f"rslavis: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(run, args)
 
 
 def run(args):

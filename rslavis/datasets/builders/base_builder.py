@@ -18,6 +18,7 @@ Keys every builder understands (besides its own ``build_info`` paths):
 import logging
 from pathlib import Path
 
+from rslavis.common.config import to_plain  # noqa: F401  (re-exported for builders)
 from rslavis.common.errors import ConfigError, DataError
 from rslavis.common.registry import registry
 
@@ -34,15 +35,6 @@ def _get(cfg, key, default=None):
     except AttributeError:
         return default
     return default if value is None else value
-
-
-def to_plain(value):
-    """OmegaConf nodes to plain dicts/lists (for hashing and JSON); anything else unchanged."""
-    if hasattr(value, "_content"):  # an OmegaConf node, without importing omegaconf here
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 class BaseDatasetBuilder:

@@ -32,6 +32,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from rslavis.common.config import to_plain
+
+_plain = lambda cfg: dict(to_plain(cfg) or {})  # noqa: E731  (old name, still imported by rs_moe)
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -49,15 +52,6 @@ PRETRAINED_HINT = {
     "vicuna7b": "Salesforce/instructblip-vicuna-7b",
 }
 
-
-def _plain(cfg):
-    if cfg is None:
-        return {}
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
 
 
 def _section(cfg, key):
@@ -203,7 +197,7 @@ class InstructBLIP(BaseModel):
 
     def __init__(self, cfg, tokenizer=None, qformer_tokenizer=None, hf_config=None):
         super().__init__()
-        self.cfg = _plain(cfg)
+        self.cfg = dict(to_plain(cfg) or {})
         # parameters appear only once the tokenizers exist; this buffer tracks .to(device) until then
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
         self.model = None

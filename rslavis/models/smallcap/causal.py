@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.causal_block import CausalBlock, TokenAttention
@@ -113,9 +114,7 @@ class SmallCapCausal(SmallCap):
     ARCH = "smallcap_causal"
 
     def __init__(self, cfg, tokenizer=None):
-        from rslavis.models.smallcap.model import _plain
-
-        plain = _plain(cfg)
+        plain = dict(to_plain(cfg) or {})
         dtype = (plain.get("decoder") or {}).get("type") or "gpt2"
         if dtype != "gpt2":
             raise ConfigError(f"model.decoder.type {dtype!r} is not implemented for smallcap_causal; valid: gpt2.")

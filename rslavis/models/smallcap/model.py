@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -22,19 +23,6 @@ from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
 
-
-def _plain(cfg):
-    """OmegaConf node or mapping to a plain dict."""
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:
-        pass
-    return dict(cfg)
 
 
 def build_decoder(dcfg, vocab_size, tokenizer):
@@ -72,7 +60,7 @@ class SmallCap(BaseModel):
 
     def __init__(self, cfg, tokenizer=None):
         super().__init__()
-        self.cfg = _plain(cfg)
+        self.cfg = dict(to_plain(cfg) or {})
         self.max_txt_len = int(self.cfg.get("max_txt_len", 40))
         vcfg = self.cfg.get("vision", {}) or {}
         self.visual_encoder = build_vision_encoder(vcfg)

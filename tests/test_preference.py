@@ -223,3 +223,11 @@ def test_train_on_json_pairs_and_lists_then_load_run_as_scorer(tmp_path):
     right = scorer.score(x, caps)
     wrong = scorer.score(x, caps[1:] + caps[:1])
     assert (right > wrong).float().mean() >= 0.75
+
+
+@pytest.mark.parametrize("name", ["synthetic_clip", "synthetic_vlm", "smallcap_scst_learned_score"])
+def test_projects_load(root, name):
+    from rslavis.common.config import Config
+
+    cfg = Config.from_file(root / "projects" / "score_model" / f"{name}.yaml")
+    assert cfg.run.task in ("preference", "scst")

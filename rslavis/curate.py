@@ -29,7 +29,7 @@ import random
 import sys
 from pathlib import Path
 
-from rslavis.common.errors import ConfigError, RslavisError
+from rslavis.common.errors import ConfigError
 
 logger = logging.getLogger("rslavis.curate")
 
@@ -276,24 +276,20 @@ def curate(cfg, scorer_path, keep, out, splits=None, select="top", seed=0, batch
     return counts
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from rslavis.common.logger import setup_logging
+def run(args):
+    from rslavis.common.config import Config
 
-    setup_logging(0)
-    try:
-        from rslavis.common.config import Config
-
-        cfg = Config.from_file(args.cfg_path, args.options)
-        counts = curate(cfg, args.scorer, args.keep, args.out, args.splits, args.select, args.seed, args.batch_size, args.device,
-                        cfg_path=args.cfg_path, options=args.options)
-    except RslavisError as exc:
-        if args.debug:
-            raise
-        print(f"rslavis: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = Config.from_file(args.cfg_path, args.options)
+    counts = curate(cfg, args.scorer, args.keep, args.out, args.splits, args.select, args.seed, args.batch_size, args.device,
+                    cfg_path=args.cfg_path, options=args.options)
     print(json.dumps({"out": str(Path(args.out)), "curated_config": str(Path(args.out) / "curated.yaml"), "counts": counts}, indent=2))
     return 0
+
+
+def main(argv=None):
+    from rslavis.common.cli import run_cli
+
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -38,16 +39,6 @@ logger = logging.getLogger(__name__)
 
 TYPES = ("clip", "vlm")
 BACKENDS = ("hf", "open_clip")
-
-
-def _plain(cfg):
-    if cfg is None:
-        return {}
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
 
 
 def training_texts(datasets):
@@ -99,7 +90,7 @@ class ScoreModel(BaseModel):
 
     def __init__(self, cfg, tokenizer=None, hf_config=None):
         super().__init__()
-        self.cfg = _plain(cfg)
+        self.cfg = dict(to_plain(cfg) or {})
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
         self.kind = str(self.cfg.get("type") or "clip")
         if self.kind not in TYPES:

@@ -20,22 +20,17 @@ reproducible), ``batch_size`` (64, scorer batches).
 
 import torch
 
+from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError
 
 KEYS = ("n", "temperature", "include_greedy", "scorer", "reward", "parser", "template", "seed", "batch_size")
-
-
-def _plain(value):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 class BestOfN:
     """Chooses one of ``n`` sampled candidates (see module docstring); ``kind``: caption | vqa."""
 
     def __init__(self, spec, kind="caption", option="run.best_of_n"):
-        spec = _plain(spec) or {}
+        spec = to_plain(spec) or {}
         if not isinstance(spec, dict):
             raise ConfigError(f"{option} must be a mapping with keys {', '.join(KEYS)}, got {spec!r:.100}.")
         unknown = set(spec) - set(KEYS)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from rslavis.common.errors import ConfigError, DataError
 from rslavis.common.registry import registry
-from rslavis.datasets.builders.base_builder import BaseDatasetBuilder, _get, to_plain
+from rslavis.datasets.builders.base_builder import BaseDatasetBuilder, to_plain
 from rslavis.datasets.datasets.caption_datasets import ImageRecordDataset
 
 logger = logging.getLogger(__name__)

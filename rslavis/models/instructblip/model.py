@@ -33,8 +33,6 @@ import torch
 from torch.nn import functional as F
 
 from rslavis.common.config import to_plain
-
-_plain = lambda cfg: dict(to_plain(cfg) or {})  # noqa: E731  (old name, still imported by rs_moe)
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel

@@ -48,11 +48,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
 
+from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -61,7 +62,6 @@ from rslavis.models.instructblip.model import (
     IMAGE_TOKEN,
     QFORMER_TOKENIZER_DIR,
     _pad,
-    _plain,
     add_image_token,
     dataset_texts,
     load_tokenizers,
@@ -212,7 +212,7 @@ class RSMoE(BaseModel):
 
     def __init__(self, cfg, tokenizer=None, qformer_tokenizer=None, hf_config=None):
         super().__init__()
-        self.cfg = _plain(cfg)
+        self.cfg = dict(to_plain(cfg) or {})
         c = self.cfg
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
         self.front = self.router = self.projections = self.experts = None

@@ -52,11 +52,14 @@ class BaseModel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, **kwargs):
-        raise NotImplementedError
+        """Build from the ``model`` config section; the default passes it to the constructor."""
+        return cls(cfg, **kwargs)
 
     @property
     def device(self):
-        return next(self.parameters()).device
+        # models built lazily (parts created in prepare_for_training) keep a buffer anchor
+        anchor = getattr(self, "_device_anchor", None)
+        return anchor.device if anchor is not None else next(self.parameters()).device
 
     def forward(self, samples):
         raise NotImplementedError

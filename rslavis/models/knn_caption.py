@@ -90,10 +90,6 @@ class KNNCaption(BaseModel):
         self.image_ids = []
         self.scorer = None
 
-    @classmethod
-    def from_config(cls, cfg, **kwargs):
-        return cls(cfg, **kwargs)
-
     @property
     def device(self):
         p = next(self.parameters(), None)

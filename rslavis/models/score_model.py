@@ -114,14 +114,6 @@ class ScoreModel(BaseModel):
             elif tokenizer is not None:
                 self._build_hf_clip(tokenizer, hf_config)
 
-    @classmethod
-    def from_config(cls, cfg, **kwargs):
-        return cls(cfg, **kwargs)
-
-    @property
-    def device(self):
-        return self._device_anchor.device
-
     @property
     def built(self):
         return self.clip is not None or self.open_clip is not None or (self.vlm is not None and self.vlm.model is not None)

@@ -217,14 +217,6 @@ class InstructBLIP(BaseModel):
             hint = PRETRAINED_HINT.get(model_type, "an InstructBLIP checkpoint")
             raise ConfigError(f"model.pretrained is not set for model_type {model_type!r}: give a local directory holding {hint} (nothing is downloaded).")
 
-    @classmethod
-    def from_config(cls, cfg, **kwargs):
-        return cls(cfg, **kwargs)
-
-    @property
-    def device(self):
-        return self._device_anchor.device
-
     @property
     def is_encoder_decoder(self):
         return not self.model.config.use_decoder_only_language_model

@@ -252,14 +252,6 @@ class RSMoE(BaseModel):
             self._build_tiny(tokenizer, qformer_tokenizer)
         # else: tiny, built in prepare_for_training once the tokenizers are fitted
 
-    @classmethod
-    def from_config(cls, cfg, **kwargs):
-        return cls(cfg, **kwargs)
-
-    @property
-    def device(self):
-        return self._device_anchor.device
-
     @property
     def num_query_tokens(self):
         return int(self.hf_config.num_query_tokens)

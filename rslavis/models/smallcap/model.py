@@ -85,10 +85,6 @@ class SmallCap(BaseModel):
             for name, p in self.decoder.named_parameters():
                 p.requires_grad = "crossattention" in name or "ln_cross_attn" in name
 
-    @classmethod
-    def from_config(cls, cfg, **kwargs):
-        return cls(cfg, **kwargs)
-
     def prepare_for_training(self, datasets, output_dir):
         """Fit a tokenizer on the training captions when none is configured, then build the decoder."""
         if self.tokenizer is not None:

@@ -5,7 +5,7 @@ import torch
 
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.models.instructblip.model import InstructBLIP, load_tokenizers
-from tests._instructblip_helpers import PROMPTS, TEXTS, overfit, tiny_cfg, tiny_model, two_images
+from tests._instructblip_helpers import PROMPTS, TEXTS, overfit, tiny_model, two_images
 
 LLMS = ["opt", "t5"]
 

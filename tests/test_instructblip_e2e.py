@@ -1,7 +1,6 @@
 """The instructblip projects through ``python -m rslavis.train`` at tiny sizes; real-data projects fail clearly."""
 
 import json
-from pathlib import Path
 
 import pytest
 

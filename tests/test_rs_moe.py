@@ -1,7 +1,6 @@
 """rs_moe: expert prompts, sparsity-safe stage 1, stage-2 LoRA training, fusion, load balancing,
 decoding (greedy, beam, SCST sampling), answer ranking, save/load, initialisation sources, errors."""
 
-import copy
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Caption parser: objects and counts, synonyms, fusion, optional backends."""
 
 import json
-import sys
 
 import pytest
 

@@ -26,8 +26,12 @@ from rslavis.text.count_dict import fuse_counts
 KEYS = ("SDE", "oversight_rate", "hallucination_rate", "count_abs_error", "count_signed_error", "count_exact")
 
 
-def object_metrics(references, predictions, parser=None, count_dicts=None):
-    """Object metrics (module docstring) for ``predictions {id: caption}`` vs ``references {id: [captions]}``."""
+def parse_objects(references, predictions, parser=None, count_dicts=None):
+    """``(ids, gts, preds, match)``: the ids scored, the reference count dictionaries, the
+    captions' parses and the synonym-aware matcher ``match(obj, objs) -> obj in objs or None``.
+
+    Shared by :func:`object_metrics` and the report's per-image analysis, so the two agree.
+    """
     parser = build_parser(parser)
     table = parser.table
 
@@ -47,6 +51,12 @@ def object_metrics(references, predictions, parser=None, count_dicts=None):
     else:
         gts = [count_dicts[i] for i in ids]
     preds = parser.parse_batch([predictions[i] for i in ids])
+    return ids, gts, preds, match
+
+
+def object_metrics(references, predictions, parser=None, count_dicts=None):
+    """Object metrics (module docstring) for ``predictions {id: caption}`` vs ``references {id: [captions]}``."""
+    ids, gts, preds, match = parse_objects(references, predictions, parser, count_dicts)
     sde_vals, n_gt, n_missed, n_mentioned, n_halluc = [], 0, 0, 0, 0
     pairs = []
     for gt, pred in zip(gts, preds):

@@ -9,7 +9,6 @@ import hashlib
 import re
 import string
 
-from rslavis.text.count_dict import fuse_counts
 
 
 def analyse_captions(references, predictions, parser=None):
@@ -20,25 +19,10 @@ def analyse_captions(references, predictions, parser=None):
     [(object, n_caption, n_references)] for objects counted on both sides with different
     counts, ``sde`` (share of reference objects mentioned; None without reference objects).
     """
+    from rslavis.metrics.object_metrics import parse_objects
     from rslavis.rewards.count import count_pairs
-    from rslavis.text import build_parser
 
-    parser = build_parser(parser)
-    table = parser.table
-
-    def match(g, objs):
-        if g in objs:
-            return g
-        for h in objs:
-            if table.same_object(g, h):
-                return h
-        return None
-
-    ids = [i for i in predictions if i in references]
-    flat = [r for i in ids for r in references[i]]
-    parses = iter(parser.parse_batch(flat))
-    gts = [fuse_counts([next(parses) for _ in references[i]]) for i in ids]
-    preds = parser.parse_batch([predictions[i] for i in ids])
+    ids, gts, preds, match = parse_objects(references, predictions, parser)
     out = {}
     for i, gt, pred in zip(ids, gts, preds):
         matched, missed = [], []

@@ -182,3 +182,25 @@ def test_real_data_projects_fail_clearly_without_data(tmp_path):
         assert out.returncode == 2, out.stderr[-2000:]
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("rslavis: error:") and ("data" in last or "weights" in last), last
+
+
+def test_xglm_decoder_with_reduced_cross_attention():
+    """XGLM (a decoder with cross-attention in transformers) by config; OPT is refused clearly."""
+    model = tiny_model(decoder={"type": "xglm"}, attention_size=7, train_decoder=False)
+    assert type(model.decoder).__name__ == "XGLMForCausalLM"
+    ca = model.decoder.base_model.layers[0].encoder_attn
+    assert ca.q_proj.weight.shape == (8, 32) and ca.out_proj.weight.shape == (32, 8)  # 32 / 4
+    trainable = [n for n, p in model.decoder.named_parameters() if p.requires_grad]
+    assert trainable and all("encoder_attn" in n for n in trainable)
+    model.eval()
+    b = batch()
+    assert model(b)["loss"].isfinite()
+    before = logits(model, b)
+    with torch.no_grad():
+        model.causal_block.object_proj.weight.add_(0.5) if hasattr(model.causal_block, "object_proj") else next(model.causal_block.parameters()).add_(0.5)
+    assert not torch.allclose(before, logits(model, b))  # the causal block feeds XGLM's cross-attention
+    out = model.sample(b, n=2, max_len=4)
+    assert out.logprobs.shape[0] == 8 and len(model.generate(b, max_len=4)) == 4
+    assert len(model.generate(b, max_len=4, num_beams=2)) == 4
+    with pytest.raises(ConfigError, match="OPT decoder has no cross-attention"):
+        registry.get_model_class("smallcap").from_config({"decoder": {"type": "opt"}}, tokenizer=train_caption_tokenizer(CAPTIONS))

@@ -53,7 +53,7 @@ from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.causal_block import CausalBlock, TokenAttention
 from rslavis.models.encoders import build_vision_encoder, encode_pooled, freeze
-from rslavis.models.smallcap.model import SmallCap
+from rslavis.models.smallcap.model import CROSS_ATTENTION_NAMES, DECODERS, SmallCap, cross_attention_layers, decoder_width
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,27 @@ def make_reduced_cross_attention(config, layer_idx, reduce):
     return attn
 
 
+def make_reduced_xglm_cross_attention(config, layer_idx, reduce):
+    """XGLM's cross-attention with query/key/value widths ``d_model / reduce``; output back to ``d_model``."""
+    from transformers.models.xglm.modeling_xglm import XGLMAttention
+
+    d_model, heads = config.d_model, config.attention_heads
+    width = d_model // reduce
+    if width < heads or width % heads:
+        raise ConfigError(
+            f"model.attention_size: dividing the decoder width {d_model} by {reduce} gives {width}, "
+            f"which is not a multiple of the {heads} heads; pick a larger attention_size."
+        )
+    # built at the reduced width, then its input/output projections widened back to d_model
+    attn = XGLMAttention(width, heads, dropout=config.attention_dropout, is_decoder=True, layer_idx=layer_idx)
+    attn.q_proj, attn.k_proj, attn.v_proj = (nn.Linear(d_model, width) for _ in range(3))
+    attn.out_proj = nn.Linear(width, d_model)
+    for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+        nn.init.normal_(lin.weight, std=config.init_std)
+        nn.init.zeros_(lin.bias)
+    return attn
+
+
 class _Texts:
     """A stand-in 'train split' whose captions are the prompt template's words (tokenizer fitting)."""
 
@@ -116,8 +137,8 @@ class SmallCapCausal(SmallCap):
     def __init__(self, cfg, tokenizer=None):
         plain = dict(to_plain(cfg) or {})
         dtype = (plain.get("decoder") or {}).get("type") or "gpt2"
-        if dtype != "gpt2":
-            raise ConfigError(f"model.decoder.type {dtype!r} is not implemented for smallcap_causal; valid: gpt2.")
+        if dtype not in DECODERS:
+            raise ConfigError(f"model.decoder.type {dtype!r} is not implemented for smallcap_causal; valid: {', '.join(DECODERS)}.")
         size = float(plain.get("attention_size", 28))
         if size not in ATTENTION_SIZES:
             raise ConfigError(f"model.attention_size {plain.get('attention_size')!r} is not one of SmallCap's sizes: 28, 14, 7, 3.5, 1.75.")
@@ -148,9 +169,10 @@ class SmallCapCausal(SmallCap):
         cfg = self.cfg
         reduce = ATTENTION_SIZES[float(cfg.get("attention_size", 28))]
         dconf = self.decoder.config
-        for i, block in enumerate(self.decoder.transformer.h):
-            block.crossattention = make_reduced_cross_attention(dconf, i, reduce)  # trainable in every setting
-        width = dconf.n_embd
+        make = make_reduced_cross_attention if hasattr(dconf, "n_embd") else make_reduced_xglm_cross_attention
+        for i, (layer, name) in enumerate(cross_attention_layers(self.decoder)):
+            setattr(layer, name, make(dconf, i, reduce))  # trainable in every setting
+        width = decoder_width(dconf)
         self.token_attention = TokenAttention(width) if cfg.get("token_attention", True) else None
         ccfg = cfg.get("causal_block") or {}
         self.causal_block = None
@@ -165,7 +187,7 @@ class SmallCapCausal(SmallCap):
             self.text_proj = nn.Linear(width, dim)
             self.temperature = float(kcfg.get("temperature", 0.07))
             self.contrastive_weight = float(kcfg.get("weight", 0.1))
-        cross = sum(p.numel() for n, p in self.decoder.named_parameters() if "crossattention" in n)
+        cross = sum(p.numel() for n, p in self.decoder.named_parameters() if any(part in n for part in CROSS_ATTENTION_NAMES[::2]))
         total, trainable = self.count_parameters()
         logger.info(
             "smallcap_causal: cross-attention %s parameters (attention_size %s: widths / %d); %s of %s parameters trainable (train_decoder %s)",
@@ -241,7 +263,7 @@ class SmallCapCausal(SmallCap):
     def _text_features(self, captions):
         """Mean hidden state of ``[BOS] caption [EOS]`` from a decoder pass without cross-attention."""
         ids, attn, _ = self._tokenize([""] * len(captions), captions)
-        hidden = self.decoder.transformer(input_ids=ids, attention_mask=attn).last_hidden_state
+        hidden = self.decoder.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
         m = attn.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 

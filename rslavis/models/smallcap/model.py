@@ -25,29 +25,56 @@ logger = logging.getLogger(__name__)
 
 
 
-def build_decoder(dcfg, vocab_size, tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
+DECODERS = ("gpt2", "xglm")
+# parameter-name fragments of each decoder family's cross-attention (and its layer norm)
+CROSS_ATTENTION_NAMES = ("crossattention", "ln_cross_attn", "encoder_attn")
 
+
+def decoder_width(config):
+    """Hidden size of a GPT-2 (``n_embd``) or XGLM (``d_model``) decoder config."""
+    return getattr(config, "n_embd", None) or config.d_model
+
+
+def cross_attention_layers(decoder):
+    """``[(layer, attribute name)]`` of the decoder's cross-attention modules."""
+    base = decoder.base_model
+    if hasattr(base, "h"):  # GPT-2
+        return [(block, "crossattention") for block in base.h]
+    return [(layer, "encoder_attn") for layer in base.layers]  # XGLM
+
+
+def build_decoder(dcfg, vocab_size, tokenizer):
+    """A causal LM with cross-attention: ``type: gpt2`` (default) or ``xglm``.
+
+    transformers' OPT has no cross-attention layers, so ``opt`` is refused with a clear
+    error rather than silently ignoring the image.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, XGLMConfig, XGLMForCausalLM
+
+    kind = dcfg.get("type", "gpt2") or "gpt2"
+    if kind not in DECODERS:
+        hint = " (transformers' OPT decoder has no cross-attention layers to read the image)" if kind == "opt" else ""
+        raise ConfigError(f"model.decoder.type {kind!r} is not supported{hint}; valid: {', '.join(DECODERS)}.")
+    cls = GPT2LMHeadModel if kind == "gpt2" else XGLMForCausalLM
     if dcfg.get("pretrained"):
         path = local_path(dcfg["pretrained"], "model.decoder.pretrained", want_dir=True)
-        dec = GPT2LMHeadModel.from_pretrained(path, add_cross_attention=True, local_files_only=True)
+        dec = cls.from_pretrained(path, add_cross_attention=True, local_files_only=True)
         if dec.config.vocab_size < len(tokenizer):
             dec.resize_token_embeddings(len(tokenizer))
         return dec
+    dropout = dcfg.get("dropout", 0.1)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    width, layers, heads = dcfg.get("n_embd", 128), dcfg.get("n_layer", 3), dcfg.get("n_head", 4)
+    if kind == "xglm":
+        config = XGLMConfig(
+            vocab_size=vocab_size, max_position_embeddings=dcfg.get("n_positions", 64), d_model=width, num_layers=layers,
+            attention_heads=heads, ffn_dim=4 * width, dropout=dropout, attention_dropout=dropout, activation_dropout=0.0,
+            add_cross_attention=True, decoder_start_token_id=tokenizer.bos_token_id, **ids,
+        )
+        return XGLMForCausalLM(config)
     config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=dcfg.get("n_positions", 64),
-        n_embd=dcfg.get("n_embd", 128),
-        n_layer=dcfg.get("n_layer", 3),
-        n_head=dcfg.get("n_head", 4),
-        add_cross_attention=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        resid_pdrop=dcfg.get("dropout", 0.1),
-        embd_pdrop=dcfg.get("dropout", 0.1),
-        attn_pdrop=dcfg.get("dropout", 0.1),
-        loss_type="ForCausalLM",
+        vocab_size=vocab_size, n_positions=dcfg.get("n_positions", 64), n_embd=width, n_layer=layers, n_head=heads,
+        add_cross_attention=True, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, loss_type="ForCausalLM", **ids,
     )
     return GPT2LMHeadModel(config)
 
@@ -79,11 +106,11 @@ class SmallCap(BaseModel):
         self.tokenizer = tokenizer
         tokenizer.padding_side = "right"
         self.decoder = build_decoder(self.cfg.get("decoder", {}) or {}, len(tokenizer), tokenizer)
-        n_embd = self.decoder.config.n_embd
+        n_embd = decoder_width(self.decoder.config)
         self.vision_proj = nn.Identity() if n_embd == self._vision_width else nn.Linear(self._vision_width, n_embd)
         if not self.cfg.get("train_decoder", True):
             for name, p in self.decoder.named_parameters():
-                p.requires_grad = "crossattention" in name or "ln_cross_attn" in name
+                p.requires_grad = any(part in name for part in CROSS_ATTENTION_NAMES)
 
     def prepare_for_training(self, datasets, output_dir):
         """Fit a tokenizer on the training captions when none is configured, then build the decoder."""
@@ -163,7 +190,14 @@ class SmallCap(BaseModel):
         enc = self.encode_image(image)
         left, left_attn = self._left_padded_prompts(samples, len(image))
         width = left.shape[1]
+        extra = {}
+        if not hasattr(self.decoder.config, "n_embd"):
+            # XGLM keeps cross-attention keys in their own cache; generate's default cache would mix them in
+            from transformers import DynamicCache, EncoderDecoderCache
+
+            extra["past_key_values"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
         out = self.decoder.generate(
+            **extra,
             input_ids=left,
             attention_mask=left_attn,
             encoder_hidden_states=enc,

@@ -11,8 +11,6 @@ reference vectors, as in training), the speed ratios and the largest difference.
 """
 
 import argparse
-import json
-import random
 import statistics
 import sys
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
@@ -28,20 +27,16 @@ from rslavis.rewards.cider import CiderD  # noqa: E402
 from rslavis.text.tokenize import simple_tokenize  # noqa: E402
 
 
+from _rsicd import rsicd_candidates  # noqa: E402
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data"))
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    path = Path(args.data) / "rsicd" / "DERIVED_dataset_rsicd_karpathy.json"
-    images = [im for im in json.loads(path.read_text())["images"] if im["split"] == "train"][: args.n]
-    rng = random.Random(0)
-    by_label = {}
-    for im in images:
-        by_label.setdefault(im["label"], []).append(im)
-    refs = [[s["raw"] for s in im["sentences"]] for im in images]
-    cands = [rng.choice(rng.choice(by_label[im["label"]])["sentences"])["raw"] for im in images]
+    refs, cands, _ = rsicd_candidates(args.data, args.n)
 
     tok = lambda s: " ".join(simple_tokenize(s))  # noqa: E731
     gts = {i: [tok(r) for r in rs] for i, rs in enumerate(refs)}

@@ -14,18 +14,21 @@ candidates (spaCy: a few hundred to a thousand captions/s per core; ``rules``: f
 """
 
 import argparse
-import json
-import random
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
+from rslavis.common.errors import RslavisError  # noqa: E402
 from rslavis.common.registry import registry  # noqa: E402
+
+
+from _rsicd import rsicd_candidates  # noqa: E402
 
 
 def main():
@@ -34,15 +37,8 @@ def main():
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data"))
     ap.add_argument("--parser", default=None, help="caption parser of sde/count (default: spacy)")
     args = ap.parse_args()
-    path = Path(args.data) / "rsicd" / "DERIVED_dataset_rsicd_karpathy.json"
-    images = [im for im in json.loads(path.read_text())["images"] if im["split"] == "train"][: args.n]
-    rng = random.Random(0)
-    by_label = {}
-    for im in images:
-        by_label.setdefault(im["label"], []).append(im)
-    refs = [[s["raw"] for s in im["sentences"]] for im in images]
-    cands = [rng.choice(rng.choice(by_label[im["label"]])["sentences"])["raw"] for im in images]
-    cands2 = [rng.choice(rng.choice(by_label[im["label"]])["sentences"])["raw"] + " ." for im in images]
+    refs, cands, resample = rsicd_candidates(args.data, args.n)
+    cands2 = [c + " ." for c in resample()]
     print(f"{'reward':<11} {'first call':>12} {'warm call':>12}   (captions/s, {len(cands)} candidates)")
     for name in registry.list_rewards():
         cls = registry.get_reward_class(name)
@@ -59,7 +55,11 @@ def main():
         if name in ("sde", "count") and args.parser:
             cfg["parser"] = args.parser
         t0 = time.perf_counter()
-        reward = cls.from_config(cfg)
+        try:
+            reward = cls.from_config(cfg)
+        except RslavisError as exc:  # e.g. learned_score needs a trained scorer and images
+            print(f"{name:<11} {'skipped':>12} {'':>12}   ({exc})")
+            continue
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
         reward(cands, refs)

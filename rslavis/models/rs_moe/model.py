@@ -61,6 +61,7 @@ from rslavis.models.instructblip.model import (
     DEFAULT_PROMPT,
     IMAGE_TOKEN,
     QFORMER_TOKENIZER_DIR,
+    InstructBLIP,
     _pad,
     add_image_token,
     dataset_texts,
@@ -466,14 +467,9 @@ class RSMoE(BaseModel):
             )
         return image.to(next(self.front.parameters()).dtype)
 
-    def instructions(self, samples, n):
-        prompts = samples.get("text_input")
-        if prompts is None:
-            return [self.prompt] * n
-        return [p if (p and str(p).strip()) else self.prompt for p in prompts]
-
-    def _ids(self, text, limit):
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"][:limit] if text else []
+    # same instruction defaulting and token-id helper as the dense model (use self.prompt, self.tokenizer)
+    instructions = InstructBLIP.instructions
+    _ids = InstructBLIP._ids
 
     def encode(self, samples):
         """Vision front + router for ``samples``: an :class:`Encoded`."""

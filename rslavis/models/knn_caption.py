@@ -122,28 +122,22 @@ class KNNCaption(BaseModel):
         return {"model": "knn_caption", "encoder": fingerprint, "processor": proc, "features": "pooled"}
 
     def _attach_cache(self, dataset, processor):
-        from rslavis.datasets.feature_cache import attach_feature_cache
-        from rslavis.datasets.image_io import load_image
-
         fc = self.cfg.get("feature_cache") or {}
-        options = getattr(dataset, "image_options", {}) or {}
-
-        def load_fn(path):
-            image = load_image(path, **options)
-            return processor(image) if processor is not None else image
 
         def encode_fn(images):
             return self.encode({"image": torch.stack(images)})
 
-        attach_feature_cache(dataset, str(fc.get("cache_dir") or "cache/features"), self._cache_config(processor), encode_fn, load_fn, batch_size=self.encode_batch_size)
+        dataset.attach_features(str(fc.get("cache_dir") or "cache/features"), self._cache_config(processor), encode_fn, batch_size=self.encode_batch_size)
 
     # ------------------------------------------------------------------ datastore
     def prepare_for_training(self, datasets, output_dir):
-        """Encode the ``datastore_split`` images of every dataset into a faiss index."""
+        """Encode the ``datastore_split`` images of every dataset into a faiss index.
+
+        The data comes from the task's ``datasets`` (their ``eval_view``, ``attach_features``
+        and ``collater``); this module imports no dataset code."""
         from torch.utils.data import DataLoader
 
         from rslavis.common.logger import progress
-        from rslavis.datasets.datasets.caption_datasets import CaptionEvalDataset, collate
         from rslavis.rewards.cider import CiderD
 
         use_cache = bool((self.cfg.get("feature_cache") or {}).get("enabled", False))
@@ -156,15 +150,13 @@ class KNNCaption(BaseModel):
             # The deterministic eval transform for the datastore, as for the queries.
             evals = [ds for split, ds in splits.items() if split != self.datastore_split]
             processor = evals[0].vis_processor if evals else train.vis_processor
-            store = CaptionEvalDataset(train.records, processor, train.text_processor, image_options=getattr(train, "image_options", None))
+            store = train.eval_view(processor)  # keeps the features the dataset serves, if any
             if use_cache:
                 self._attach_cache(store, processor)
                 for ds in evals:
-                    if hasattr(ds, "use_features"):
+                    if hasattr(ds, "attach_features"):
                         self._attach_cache(ds, ds.vis_processor)
-            elif train.features is not None:  # the dataset serves cached features: use them
-                store.features = train.features
-            loader = DataLoader(store, batch_size=self.encode_batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+            loader = DataLoader(store, batch_size=self.encode_batch_size, shuffle=False, num_workers=0, collate_fn=store.collater)
             for batch in progress(loader, desc=f"knn_caption datastore {name}"):
                 if not batch:
                     continue

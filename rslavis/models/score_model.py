@@ -288,9 +288,14 @@ class ScoreModel(BaseModel):
 
     def forward(self, samples):
         """Bradley-Terry loss of the first two candidates (the ``preference`` task has the full losses)."""
-        from rslavis.tasks.preference import preference_loss
+        from rslavis.models.preference_losses import preference_loss
 
         return preference_loss(self, samples)
+
+    @classmethod
+    def load(cls, path, device=None):
+        """The scorer at ``path`` (see :func:`load_scorer`); what ``learned_score`` finds by registered name."""
+        return load_scorer(path, device)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory):

@@ -153,7 +153,6 @@ def build_retrieval(encoder, fingerprint, datasets, cache_dir="cache/retrieval",
 
     from rslavis.datasets.feature_cache import FeatureCache
     from rslavis.datasets.image_io import load_image
-    from rslavis.models.encoders import encode_pooled
 
     k = int(k)
     if k < 1:
@@ -163,7 +162,8 @@ def build_retrieval(encoder, fingerprint, datasets, cache_dir="cache/retrieval",
 
     def encode_fn(items):
         with torch.no_grad():
-            return encode_pooled(encoder, torch.stack(items).to(device)).cpu().numpy()
+            pooled = encoder(torch.stack(items).to(device))[1].float()  # the encoders' (tokens, pooled) output
+            return torch.nn.functional.normalize(pooled, dim=-1, eps=1e-12).cpu().numpy()
 
     out = {}
     for name, splits in datasets.items():

@@ -12,7 +12,9 @@ with the others in a ``rewards:`` block::
 Options: ``path`` (a scorer ``save_pretrained`` directory or a ``score_model`` run
 folder, see :func:`rslavis.models.score_model.load_scorer`), ``scale`` (1.0),
 ``batch_size`` (64), ``template`` (``"{caption}"``; VQA answers can be scored as
-``"{question} {caption}"`` when ``questions`` are passed). The scorer runs without grad
+``"{question} {caption}"`` when ``questions`` are passed), ``model`` (``score_model``:
+the registered model whose ``load(path)`` gives the scorer; any model with ``load`` and
+``score(images, texts, prompts, batch_size)`` fits). The scorer runs without grad
 on the images' device and is loaded once per path.
 """
 
@@ -23,20 +25,21 @@ from rslavis.rewards.base_reward import BaseReward
 
 @registry.register_reward("learned_score")
 class LearnedScoreReward(BaseReward):
-    def __init__(self, path=None, scale=1.0, batch_size=64, template="{caption}"):
+    def __init__(self, path=None, scale=1.0, batch_size=64, template="{caption}", model="score_model"):
         if not path:
             raise ConfigError("rewards.learned_score.path is not set: give a scorer directory (save_pretrained) or a score_model run folder.")
         self.path = str(path)
         self.scale = float(scale)
         self.batch_size = int(batch_size)
         self.template = str(template)
+        self.model = str(model)
+        registry.get_model_class(self.model)  # an unknown name fails at set-up, not at the first reward
         self._scorer = None
 
     def scorer(self, device=None):
-        from rslavis.models.score_model import load_scorer
-
         if self._scorer is None:
-            self._scorer = load_scorer(self.path)
+            # by registered name: rewards sit below the model layer and never import it
+            self._scorer = registry.get_model_class(self.model).load(self.path)
         if device is not None and self._scorer.device != device:
             self._scorer.to(device)
         return self._scorer

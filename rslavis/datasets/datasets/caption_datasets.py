@@ -97,6 +97,24 @@ class ImageRecordDataset(Dataset):
     def collater(self, samples):
         return collate(samples)
 
+    def eval_view(self, vis_processor=None):
+        """A :class:`CaptionEvalDataset` (one item per image, all references) over these records,
+        with ``vis_processor`` (default: this dataset's) and the cached features, if any."""
+        view = CaptionEvalDataset(self.records, vis_processor or self.vis_processor, self.text_processor, image_options=self.image_options)
+        view.features = self.features
+        return view
+
+    def attach_features(self, cache_dir, encoder_config, encode_fn, batch_size=32):
+        """Build (when needed) and attach a feature cache of this dataset's images, decoded with its
+        own image options and ``vis_processor`` (see :func:`rslavis.datasets.feature_cache.attach_feature_cache`)."""
+        from rslavis.datasets.feature_cache import attach_feature_cache
+
+        def load_fn(path):
+            image = load_image(path, **self.image_options)
+            return self.vis_processor(image) if self.vis_processor is not None else image
+
+        return attach_feature_cache(self, cache_dir, encoder_config, encode_fn, load_fn, batch_size=batch_size)
+
 
 # Kept for code written against the first version of this module.
 _CaptionBase = ImageRecordDataset

@@ -1,4 +1,9 @@
-"""CIDEr-D reward against pycocoevalcap's Cider (same corpus, same tokenization)."""
+"""CIDEr-D reward on raw text against pycocoevalcap's Cider on PTB-tokenized text (same corpus).
+
+The reference side tokenizes with pycocoevalcap's own Java PTBTokenizer when Java is
+present (one Java call per scoring), else with rslavis's Python PTB tokenizer (then only
+the arithmetic is compared; tests/test_tokenize_ptb.py covers the tokenizer).
+"""
 
 import json
 import math
@@ -11,18 +16,39 @@ import pytest
 from rslavis.common.errors import ConfigError, DataError
 from rslavis.common.registry import registry
 from rslavis.rewards.cider import CiderD
-from rslavis.text.tokenize import simple_tokenize
+from rslavis.text.tokenize import ptb_tokenize
 
 Cider = pytest.importorskip("pycocoevalcap.cider.cider", reason="pycocoevalcap is not installed").Cider
 
 
+def _java_ok():
+    import os
+    import shutil
+
+    import pycocoevalcap.tokenizer.ptbtokenizer as m
+
+    return shutil.which("java") is not None and os.path.isfile(os.path.join(os.path.dirname(m.__file__), m.STANFORD_CORENLP_3_4_1_JAR))
+
+
+def ptb_all(captions):
+    """Tokenized strings, by Java PTB when available."""
+    captions = ["" if c is None else c for c in captions]
+    if _java_ok():
+        from _ptb import java_ptb
+
+        return [" ".join(t) for t in java_ptb(captions)]
+    return [" ".join(ptb_tokenize(c)) for c in captions]
+
+
 def tok(s):
-    return " ".join(simple_tokenize(s))
+    return ptb_all([s])[0]
 
 
 def pycoco(cands, refs):
-    gts = {i: [tok(r) for r in rs] for i, rs in enumerate(refs)}
-    res = {i: [tok(c)] for i, c in enumerate(cands)}
+    flat = ptb_all(list(cands) + [r for rs in refs for r in rs])
+    it = iter(flat[len(cands):])
+    gts = {i: [next(it) for _ in rs] for i, rs in enumerate(refs)}
+    res = {i: [flat[i]] for i in range(len(cands))}
     return np.asarray(Cider().compute_score(gts, res)[1])
 
 
@@ -35,6 +61,12 @@ def reference_cider(cands, refs, corpus, n=4, sigma=6.0):
             for i in range(len(w) - k + 1):
                 c[tuple(w[i : i + k])] += 1
         return c
+
+    allc = list({x: 0 for rs in (list(corpus) + list(refs) + [list(cands)]) for x in rs})
+    tok_of = dict(zip(allc, ptb_all(allc)))
+
+    def tok(x):  # noqa: F811 (one Java call for the whole corpus)
+        return tok_of[x]
 
     df = defaultdict(float)
     for rs in corpus:
@@ -142,3 +174,34 @@ def test_bad_input():
         CiderD(corpus=[["a"]]).score(["a", "b"], [["a"]])
     with pytest.raises(DataError, match="empty"):
         CiderD(corpus=[])
+
+
+def test_rsicd_raw_text_equals_pycocoevalcap_with_ptb(shared_data):
+    """The issue's case: the 1,094 RSICD test images, each predicted by a caption of another
+    image with the same scene label; raw text into the reward, pycocoevalcap's own pipeline
+    (Java PTBTokenizer, then Cider) on the other side. With simple_tokenize 953 images differed."""
+    from _ptb import ptb_jar
+
+    ptb_jar()  # skips without Java
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    data = json.loads((shared_data / "rsicd" / "DERIVED_dataset_rsicd_karpathy.json").read_text())
+    test = [im for im in data["images"] if im["split"] == "test"]
+    assert len(test) == 1094
+    rng = random.Random(0)
+    by_label = {}
+    for im in test:
+        by_label.setdefault(im["label"], []).append(im)
+    refs, cands = [], []
+    for im in test:
+        others = [o for o in by_label[im["label"]] if o is not im] or [im]
+        refs.append([s["raw"] for s in im["sentences"]])
+        cands.append(rng.choice(rng.choice(others)["sentences"])["raw"])
+    gts = PTBTokenizer().tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)})
+    res = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(cands)})
+    expected = np.asarray(Cider().compute_score(gts, res)[1])
+    ours = CiderD(corpus=refs).score(cands, refs)
+    assert np.abs(ours - expected).max() < 1e-9
+    tok_refs = [gts[i] for i in range(len(cands))]
+    pre = CiderD(corpus=tok_refs, pretokenized=True).score([res[i][0] for i in range(len(cands))], tok_refs)
+    assert np.abs(pre - expected).max() < 1e-9

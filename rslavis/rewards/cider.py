@@ -9,15 +9,20 @@ the candidate is compared to every reference by the clipped cosine
 ``exp(-(l_c - l_r)^2 / (2 sigma^2))`` (``l`` = number of bigrams, as in pycocoevalcap;
 sigma 6). The score is ``10 * mean_n(sum_refs) / n_refs``.
 
+Tokenization: :func:`rslavis.text.tokenize.ptb_tokenize`, a pure-Python re-implementation
+of the PTB tokenizer pycocoevalcap runs in Java before scoring (clitics such as ``'s``,
+``-lrb-``, hyphenated words kept), so the reward on raw text equals the metric on the
+same captions; ``pretokenized: true`` splits on white space instead, for text already
+tokenized.
+
 pycocoevalcap computes ``df`` from the references it is handed, so scoring one batch
 would use the batch as the corpus. Self-critical training needs ``df`` from the whole
 training split, computed once: pass it as ``corpus`` (a list with one list of reference
 captions per image, or a caption file path, see :func:`load_corpus`), or call
-:meth:`CiderD.set_corpus`. With the same corpus and the same tokenization, scores equal
-pycocoevalcap's to 1e-9 (tested on UCM and RSICD).
+:meth:`CiderD.set_corpus`. With the same corpus, scores on raw text equal pycocoevalcap's
+per-image ``Cider`` on PTB-tokenized text to 1e-9 (``tests/test_cider.py``, RSICD and UCM).
 
-Speed: captions are tokenized in pure Python (:func:`rslavis.text.tokenize.simple_tokenize`),
-n-grams are packed into 64-bit integer keys (15 bits per word), and everything after
+Speed: captions are tokenized in pure Python, n-grams are packed into 64-bit integer keys (15 bits per word), and everything after
 the word-id lookup is numpy over the whole batch. Reference vectors are cached per
 image (keyed by the tuple of reference strings), so in training each image's references
 are processed once.
@@ -32,7 +37,7 @@ import numpy as np
 from rslavis.common.errors import ConfigError, DataError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.rewards.base_reward import BaseReward
-from rslavis.text.tokenize import tokenize_batch
+from rslavis.text.tokenize import ptb_tokenize_batch
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +108,8 @@ class CiderD(BaseReward):
     Config keys: ``corpus`` (list of reference lists, or a caption file path),
     ``corpus_split`` (default ``train``, for Karpathy files), ``n`` (4), ``sigma`` (6.0),
     ``scale`` (1.0, multiplies the reward; the metric itself is :meth:`score`),
-    ``pretokenized`` (false; true splits captions on white space only, for text already
-    tokenized, e.g. by the PTB tokenizer).
+    ``pretokenized`` (false: captions are PTB-tokenized in Python; true splits them on white
+    space only, for text already tokenized).
     Without a corpus, each call uses its own references as the corpus (pycocoevalcap's
     behaviour) and warns once.
     """
@@ -122,7 +127,7 @@ class CiderD(BaseReward):
             raise ConfigError(f"cider: sigma={sigma!r} must be > 0.")
         self.n = n
         self.pretokenized = bool(pretokenized)
-        self._tokenize = _split_batch if self.pretokenized else tokenize_batch
+        self._tokenize = _split_batch if self.pretokenized else ptb_tokenize_batch
         self.cache_size = int(cache_size)
         self._warned_batch = False
         self._reset()

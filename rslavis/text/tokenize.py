@@ -1,12 +1,23 @@
-"""Fast pure-Python caption tokenization shared by the rewards.
+"""Fast pure-Python caption tokenizers shared by the rewards.
 
-``simple_tokenize(text)`` lower-cases, replaces every character that is neither a word
-character (``\\w``) nor white space by a space, and splits on white space. On
-remote-sensing captions this matches what pycocoevalcap's Java PTB tokenizer produces for
-scoring (lower case, punctuation dropped) except for clitics: PTB keeps ``'s`` as a
-token, this tokenizer gives ``s``. Rewards call it on every sampled caption, so it must
-not start a Java process; evaluation (``rslavis.metrics.coco_caption``) still uses PTB
-when Java is present, as published numbers do.
+- :func:`ptb_tokenize`: the tokens pycocoevalcap's scorers see, i.e. the output of its
+  Java ``PTBTokenizer`` (Stanford CoreNLP 3.4.1 ``PTBTokenizer -preserveLines
+  -lowerCase``) with pycocoevalcap's punctuation list removed. It keeps what PTB keeps:
+  clitics split off as tokens (``airport's`` -> ``airport 's``, ``doesn't`` -> ``does
+  n't``), hyphenated and dotted words whole (``semi-surrounded``, ``u.s.``, ``3.5``),
+  brackets as ``-lrb-``/``-rrb-``/``-lsb-``..., and symbols such as ``%``, ``+``,
+  ``!?``. It is what the CIDEr-D reward uses, so SCST optimises the tokens it is
+  evaluated on. ``tests/test_tokenize_ptb.py`` compares it caption by caption with the
+  Java tokenizer on every caption of UCM, RSICD and Sydney and on the synthetic
+  captions (and on a list of harder cases). It is a re-implementation of the rules those
+  captions exercise, not of the whole PTB lexer: exotic input (URLs with odd characters,
+  SGML, rare abbreviations) may still tokenize differently.
+- :func:`simple_tokenize`: lower case, every character that is neither a word character
+  nor white space becomes a space. Used where only words matter (caption parsing,
+  lengths, NKL's unigram distributions).
+
+Neither starts a Java process; evaluation (``rslavis.metrics.coco_caption``) still runs
+the Java PTB tokenizer when Java is present, as published numbers do.
 """
 
 import re
@@ -45,3 +56,116 @@ def tokenize_batch(texts):
         else:
             append(simple_tokenize(t))
     return out
+
+
+# ---------------------------------------------------------------------- PTB
+# pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS: tokens dropped after tokenizing.
+# The bracket names are upper case there, so the lower-cased "-lrb-" PTB emits stays.
+PTB_PUNCTUATIONS = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+# characters PTB normalises (curly quotes are apostrophes/quotes, dashes "--", ellipsis "...")
+_NORMALISE = str.maketrans({
+    "\u2019": "'", "\u2018": "`", "\u201c": '"', "\u201d": '"', "\u2013": " -- ", "\u2014": " -- ",
+    "\u2015": " -- ", "\u2026": " ... ", "\u00a0": " ",
+})
+# abbreviations PTB keeps with their period (titles, "etc.", months, companies...)
+_ABBREV = frozenset(
+    "mr mrs ms dr prof st sr jr mt ft gen gov rep sen rev hon lt col capt sgt cpl messrs mme mlle "
+    "etc vs al inc corp co ltd bros jan feb mar apr jun jul aug sep sept oct nov dec "
+    "mon tue tues wed thu thur thurs fri sat sun ave blvd rd esq".split()
+)
+_SPLIT_WORDS = {"cannot": ["can", "not"], "gonna": ["gon", "na"], "gotta": ["got", "ta"],
+                "wanna": ["wan", "na"], "gimme": ["gim", "me"], "lemme": ["lem", "me"]}
+_PTB_RE = re.compile(
+    r"""
+    (?P<url>https?://\S+|www\.\S+)
+  | (?P<email>[\w.+-]+@\w+(?:[.-]\w+)*\.\w+)
+  | (?P<sgml><[^\s<>]+>)
+  | (?P<hash>[#@][^\W\d]\w*)
+  | (?P<acro>(?<!\w)(?:[^\W\d_]\.){2,}(?!\w))
+  | (?P<num>\d+(?:[.,:/]\d+)+|(?<!\w)[-+]\d+(?:[.,:/]\d+)*)
+  | (?P<elis>(?<!\w)[dlo]'\w+)
+  | (?P<ntw>\w+?(?=n't(?!\w)))
+  | (?P<nt>n't(?!\w))
+  | (?P<word>\w+(?:[-./]\w+)*)
+  | (?P<clitic>'(?:s|m|d|re|ve|ll)(?!\w)|'t(?=(?:is|was)(?!\w)))
+  | (?P<dots>\.+)
+  | (?P<dash>-+)
+  | (?P<excl>[!?]+)
+  | (?P<other>\S)
+    """,
+    re.VERBOSE,
+)
+_FAST_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 ")
+
+
+def _ptb_slow(text):
+    out = []
+    append = out.append
+    for m in _PTB_RE.finditer(text):
+        kind = m.lastgroup
+        tok = m.group()
+        if kind == "word":
+            end = m.end()
+            nxt = text[end : end + 1]
+            if tok.startswith("no.") and tok[3:].isdigit():
+                out.extend(("no.", tok[3:]))
+                continue
+            if nxt == "." and (
+                (len(tok) == 1 and tok.isalpha())
+                or tok in _ABBREV
+                or (tok == "no" and re.match(r"\.\s*\d", text[end:]))
+            ):
+                out.append(tok + ".")
+                continue
+            if tok in _SPLIT_WORDS:
+                out.extend(_SPLIT_WORDS[tok])
+                continue
+            append(tok)
+        elif kind in ("dots", "dash"):
+            continue  # ".", "..", "...", "-", "--": all in PTB_PUNCTUATIONS
+        elif kind == "excl":
+            if tok not in ("!", "?"):
+                append(tok)  # PTB keeps "!?" and "!!" as one token, not in the punctuation list
+        elif kind == "other":
+            if tok in _BRACKETS:
+                append(_BRACKETS[tok])
+            elif tok not in "'`\",:;":
+                append(tok)
+        else:
+            append(tok)
+    return out
+
+
+def ptb_tokenize(text):
+    """PTB tokens of ``text`` after pycocoevalcap's punctuation filter (see module docstring)."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        text = str(text)
+    t = text.lower()
+    # Fast path: letters, digits and spaces, with "." and "," only at word ends.
+    toks = t.replace(" .", " ").replace(" ,", " ").split()
+    simple = True
+    res = []
+    for w in toks:
+        if w.isalnum() and w.isascii() and w not in _SPLIT_WORDS:
+            res.append(w)
+            continue
+        last = w[-1]
+        core = w[:-1]
+        if last in ".," and core.isalpha() and core.isascii() and (last == "," or (len(core) > 1 and core not in _ABBREV and core != "no")):
+            res.append(core)
+            continue
+        simple = False
+        break
+    if simple:
+        return res
+    return _ptb_slow(t.translate(_NORMALISE))
+
+
+def ptb_tokenize_batch(texts):
+    """:func:`ptb_tokenize` over a list."""
+    return [ptb_tokenize(t) for t in texts]

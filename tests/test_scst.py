@@ -108,29 +108,60 @@ def test_leave_one_out_baseline():
     assert torch.allclose(leave_one_out_baseline(r, 3), torch.tensor([2.5, 2.0, 1.5, 4.0, 4.0, 4.0]))
 
 
-def test_loss_is_advantage_weighted_log_likelihood(reg, monkeypatch):
-    """loss = -mean((r - b) * sum_t logp), with b the greedy caption's reward."""
-    torch.manual_seed(3)
-    model = ToyPolicy([0.0, 1.0, 0.5, -0.5])  # greedy caption: "a a a a" (reward 0)
-    task = make_task(reg, {"likes_b": 1.0})
-    seen = {}
+def _spy_samples(model, monkeypatch):
+    """Record the sampled (not greedy) outputs of ``model.sample``."""
+    seen = []
     real = model.sample
 
     def spy(*a, **k):
         out = real(*a, **k)
-        seen.setdefault("out", out)  # the first call samples; generate() calls sample() again for the greedy baseline
+        if not k.get("greedy"):
+            seen.append(out)
         return out
 
     monkeypatch.setattr(model, "sample", spy)
+    return seen
+
+
+def test_loss_is_advantage_weighted_log_likelihood(reg, monkeypatch):
+    """loss = -mean((r - b) * sum_t logp), with b the greedy caption's reward (here 4, so a
+    loss without the baseline, or with the wrong sign, differs)."""
+    torch.manual_seed(3)
+    model = ToyPolicy([0.0, 0.5, 1.0, -0.5])  # greedy caption: "b b b b" (reward 4)
+    task = make_task(reg, {"likes_b": 1.0})
+    seen = _spy_samples(model, monkeypatch)
     logs = task.train_step(model, SAMPLES)
-    out = seen["out"]
+    out = seen[0]
     r = torch.tensor([float(c.split().count("b")) for c in out.captions])
-    expected = -(r * (out.logprobs * out.mask).sum(1)).mean()
+    assert logs["scst/reward_greedy"] == 4.0
+    assert float(r.max()) < 4.0 or float(r.min()) < 4.0  # samples differ from the baseline
+    expected = -((r - 4.0) * (out.logprobs * out.mask).sum(1)).mean()
     assert float(logs["loss"].detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    assert logs["scst/reward_greedy"] == 0.0
+    assert logs["scst/advantage_abs"] == pytest.approx(float((r - 4.0).abs().mean()), rel=1e-6)
     assert logs["scst/reward"] == pytest.approx(float(r.mean()))
     assert logs["scst/reward/likes_b"] == pytest.approx(float(r.mean()))
     assert logs["scst/caption_len"] == pytest.approx(sum(len(c.split()) for c in out.captions) / len(out.captions))
+
+
+def test_nkl_window_holds_sampled_captions_only(reg, monkeypatch):
+    """Inside SCST steps the NKL window receives the sampled captions' tokens, never the
+    greedy baseline's (scored with update_stats=False)."""
+    from rslavis.rewards.nkl import NKLReward
+
+    reg.register_reward("nkl")(NKLReward)
+    torch.manual_seed(0)
+    model = ToyPolicy([-1.0, 0.5, 1.0, 0.0])
+    task = make_task(reg, {"likes_b": 1.0})
+    task._reward = build_reward({"likes_b": 1.0, "nkl": {"weight": 0.5, "window": 10000}}, reg=reg, corpus=[["a b c"], ["b c"]])
+    nkl = task._reward.components["nkl"][1]
+    seen = _spy_samples(model, monkeypatch)
+    for step in range(3):
+        logs = task.train_step(model, SAMPLES)
+        sampled = sum(len(c.split()) for out in seen for c in out.captions)
+        assert len(nkl._recent) == sampled, (step, len(nkl._recent), sampled)
+        assert "scst/reward/nkl" in logs and math.isfinite(logs["scst/reward/nkl"])
+    greedy = model.generate(SAMPLES)
+    assert sum(len(c.split()) for c in greedy) > 0  # the greedy captions have tokens that would have entered
 
 
 def test_varentropy_term_enters_the_loss_with_its_documented_value(reg):

@@ -23,7 +23,8 @@ Running normalisation (``normalize: true`` on an entry, or ``normalize=True`` fo
 each component becomes ``(r - mean) / (std + 1e-8)`` with an exponential moving mean and
 variance (``momentum`` 0.01) updated from every batch before normalising (the first batch
 initialises them). Pass ``update_stats=False`` in ``extra`` for a batch that must not
-move the statistics (e.g. the greedy baseline). An unknown name raises
+move the statistics (e.g. the greedy baseline); it reaches every component as
+``update_window=False``, so windowed rewards (``nkl``) leave such captions out too. An unknown name raises
 :class:`~rslavis.common.errors.RegistryKeyError` listing the registered rewards and the
 closest match.
 """
@@ -80,6 +81,7 @@ class CombinedReward:
     def compute(self, generated, references, **extra):
         """``(total, {name: component})``: float tensors of shape (batch,)."""
         update = extra.pop("update_stats", True)
+        extra["update_window"] = update  # windowed rewards (nkl) must not see baseline captions either
         b = len(generated)
         total = torch.zeros(b)
         parts = {}

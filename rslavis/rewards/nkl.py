@@ -16,7 +16,10 @@ references plus one ``<unk>`` bucket (generated words never seen in a reference)
 A caption that uses words the window under-represents lowers the KL the most, so the
 reward pushes the policy's vocabulary towards the references' (against mode collapse).
 Pass ``update_window=False`` in ``extra`` for captions that must not enter the window
-(e.g. the greedy baseline of self-critical training).
+(the greedy baseline of self-critical training: the ``scst`` task scores it with
+``update_stats=False``, which :class:`~rslavis.rewards.combine.CombinedReward` forwards
+as ``update_window=False``; ``tests/test_scst.py`` checks that the window holds only the
+sampled captions' tokens after an SCST step).
 """
 
 import os
@@ -102,12 +105,15 @@ class NKLReward(BaseReward):
         get = self.vocab.get
         ids = np.asarray([get(w, 0) for t in toks for w in t], dtype=np.int64)
         lengths = np.asarray([len(t) for t in toks], dtype=np.int64)
-        update = extra.get("update_window", True)
+        # ``update_window`` (this reward's key) or ``update_stats`` (the combined reward's key,
+        # forwarded as update_window): False for captions that must not enter the window
+        update = bool(extra.get("update_window", extra.get("update_stats", True)))
         v = len(self.vocab)
         if self._snapshot is None:
-            self._recent.extend(ids.tolist())
+            if update:
+                self._recent.extend(ids.tolist())
+                update = False  # the batch is already in the window
             self._refresh()
-            update = False  # the batch is already in the window
         snap = np.zeros(v)
         snap[: min(v, self._snapshot.size)] = self._snapshot[:v]
         a = self.alpha

@@ -196,7 +196,8 @@ def main(argv=None):
         return 2
     for name, baselines in results.items():
         for baseline, metrics in baselines.items():
-            scores = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            scores = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}=-"
+                               for k, v in metrics.items() if isinstance(v, float) or (v is None and k != "caption"))
             print(f"{name} {args.split} {baseline}: {scores}")
             if "caption" in metrics:
                 print(f"    caption: {metrics['caption']!r}")

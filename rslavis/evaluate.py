@@ -120,7 +120,8 @@ def format_table(metrics):
     width = max(len(k) for k in metrics)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  --------"]
     for k, v in metrics.items():
-        lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+        shown = f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else v)  # None: nothing to average
+        lines.append(f"{k:<{width}}  {shown}")
     return "\n".join(lines)
 
 

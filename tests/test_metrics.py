@@ -28,7 +28,24 @@ def test_object_metrics_definitions():
     assert m["count_signed_error"] == pytest.approx(1 / 3)
     assert m["count_exact"] == pytest.approx(1 / 3)
     empty = object_metrics({1: ["..."]}, {1: ""})
-    assert all(empty[k] == 0.0 for k in KEYS)
+    assert all(empty[k] is None for k in KEYS)  # nothing to average: null, not a perfect 0.0
+
+
+def test_object_metrics_are_null_when_nothing_is_counted():
+    from rslavis.evaluate import format_table
+    from rslavis.metrics.object_metrics import object_metrics
+    from rslavis.report.html import fmt
+
+    # objects on both sides, but no exact count on both sides of any object
+    m = object_metrics({1: ["There are many trees.", "Some trees."]}, {1: "Lots of trees."}, parser="rules")
+    assert m["SDE"] == 1.0 and m["hallucination_rate"] == 0.0 and m["n_counted"] == 0
+    assert m["count_abs_error"] is None and m["count_signed_error"] is None and m["count_exact"] is None
+    table = format_table({"count_abs_error": m["count_abs_error"], "SDE": m["SDE"]})
+    assert "count_abs_error  -" in table and "1.0000" in table
+    assert fmt(None) == "-" and fmt(0.0) == "0.0000"
+    import json
+
+    assert json.loads(json.dumps(m))["count_exact"] is None
 
 
 def test_reference_loaders(shared_data, tmp_path):

@@ -14,9 +14,10 @@ table, fuzzy matching and compound heads (:meth:`SynonymTable.same_object`).
   ``n_pred - n_ref`` over all objects counted exactly by both sides, pooled.
 - ``count_exact``: share of those objects whose count is exactly right.
 
-A metric with nothing to average (no GT object, no mention, no compared count) is 0.0,
-and ``n_images``, ``n_gt_objects``, ``n_mentioned``, ``n_counted`` report the
-denominators.
+A metric with nothing to average (no GT object, no mention, no compared count) is
+``None`` (``null`` in JSON, "-" in tables and the report), never 0.0: a count error of
+0.0 next to a count accuracy of 0.0 would read as perfect and useless at once.
+``n_images``, ``n_gt_objects``, ``n_mentioned``, ``n_counted`` report the denominators.
 """
 
 from rslavis.rewards.count import count_pairs
@@ -68,13 +69,14 @@ def object_metrics(references, predictions, parser=None, count_dicts=None):
         n_mentioned += len(pred)
         n_halluc += sum(1 for h in pred if match(h, gt) is None)
         pairs += count_pairs(pred, gt, match)
+    n_pairs = len(pairs)
     out = {
-        "SDE": sum(sde_vals) / len(sde_vals) if sde_vals else 0.0,
-        "oversight_rate": n_missed / n_gt if n_gt else 0.0,
-        "hallucination_rate": n_halluc / n_mentioned if n_mentioned else 0.0,
-        "count_abs_error": sum(abs(p - r) for p, r in pairs) / len(pairs) if pairs else 0.0,
-        "count_signed_error": sum(p - r for p, r in pairs) / len(pairs) if pairs else 0.0,
-        "count_exact": sum(1 for p, r in pairs if p == r) / len(pairs) if pairs else 0.0,
+        "SDE": sum(sde_vals) / len(sde_vals) if sde_vals else None,
+        "oversight_rate": n_missed / n_gt if n_gt else None,
+        "hallucination_rate": n_halluc / n_mentioned if n_mentioned else None,
+        "count_abs_error": sum(abs(p - r) for p, r in pairs) / n_pairs if n_pairs else None,
+        "count_signed_error": sum(p - r for p, r in pairs) / n_pairs if n_pairs else None,
+        "count_exact": sum(1 for p, r in pairs if p == r) / n_pairs if n_pairs else None,
         "n_images": len(ids),
         "n_gt_objects": n_gt,
         "n_mentioned": n_mentioned,

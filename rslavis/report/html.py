@@ -69,6 +69,8 @@ def esc(text):
 
 
 def fmt(value, digits=4):
+    if value is None:
+        return "-"  # a metric with nothing to average (e.g. no count compared)
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):

@@ -85,6 +85,7 @@ def run(args):
     try:
         metrics = runner.train()
     finally:
+        runner.close()
         dist_utils.destroy()
     if is_main:
         print(json.dumps({"output_dir": str(runner.output_dir), "test": metrics}, indent=2))

@@ -104,3 +104,29 @@ def test_finetuned_checkpoint_is_loaded_with_its_tokenizer(runs):
     wrong = Config.from_file(cfg, [f"model.finetuned={ckpt}", "model.decoder.n_embd=64"])
     with pytest.raises(ConfigError, match="does not fit this model"):
         task.build_model(wrong)
+
+
+def test_resume_is_exact_with_nkl_window_and_running_normalisation(tmp_path):
+    """The nkl token window and normalize: true statistics are in the checkpoint: a run cut after
+    an SCST epoch and resumed ends with the weights of the uninterrupted run."""
+    from rslavis.train import main
+
+    cfg = tmp_path / "tiny_scst.yaml"
+    cfg.write_text(TINY.format(cache=tmp_path / "cache", out=tmp_path / "out"))
+    opts = ["run.rewards={cider: 1.0, nkl: {weight: 0.5, normalize: true, window: 40}, count: {weight: 0.5, normalize: true}}",
+            "run.max_epoch=3", "run.valid_splits=[]"]
+    assert main(["--cfg-path", str(cfg), "--options", "run.job_id=full", *opts]) == 0
+    assert main(["--cfg-path", str(cfg), "--options", "run.job_id=part", *opts, "run.max_epoch=2"]) == 0
+    part = tmp_path / "out" / "part" / "checkpoint_latest.pth"
+    state = load_checkpoint(part)["task"]["reward"]
+    assert state["nkl"]["reward"]["recent"].numel() > 0 and state["nkl"]["norm"]["mean"] is not None
+    assert state["count"]["norm"]["var"] is not None
+    assert main(["--cfg-path", str(cfg), "--resume", str(part), "--options", "run.job_id=part", *opts]) == 0
+    a = load_checkpoint(tmp_path / "out" / "full" / "checkpoint_latest.pth")
+    b = load_checkpoint(part)
+    assert a["epoch"] == b["epoch"] == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed SCST run differs"
+    assert a["task"]["reward"]["nkl"]["reward"]["recent"].tolist() == b["task"]["reward"]["nkl"]["reward"]["recent"].tolist()
+    # the resumed log has each step once
+    steps = [json.loads(l)["step"] for l in (tmp_path / "out" / "part" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert steps == sorted(set(steps)) and len(steps) == 15

@@ -7,6 +7,7 @@ new one, never a torn one.
 
 import json
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -17,11 +18,30 @@ import torch
 from rslavis.common.errors import RslavisError
 
 
+def _umask():
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode():
+    """The mode ``open()`` would give a new file under the user's umask (mkstemp's is 0600)."""
+    return 0o666 & ~_umask()
+
+
+def make_shared_tempdir(prefix, dir):
+    """``tempfile.mkdtemp`` with the mode ``mkdir`` would give (mkdtemp's is 0700), for folders renamed into place."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=dir)
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def _atomic_write(path, write):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # a colleague's group/world read access follows the umask, as for any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -94,7 +114,19 @@ def load_checkpoint(path):
         from safetensors.torch import load_file
 
         return {"model": load_file(str(path))}
+    if path.stat().st_size == 0:
+        raise RslavisError(f"cannot load checkpoint {path}: the file is empty (an interrupted copy?); use another checkpoint.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RslavisError(f"cannot load checkpoint {path}: {exc}") from None
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False, which would run code from the file: never advise it
+        glob = next((l.split("GLOBAL", 1)[1].split()[0] for l in str(exc).splitlines() if "Unsupported global: GLOBAL" in l), None)
+        if glob:
+            raise RslavisError(
+                f"cannot load checkpoint {path}: it holds a {glob} object, not only tensors and plain values, and rslavis "
+                "does not unpickle (loading them could run code); re-save it as {'model': model.state_dict()} or as .safetensors."
+            ) from None
+        raise RslavisError(f"cannot load checkpoint {path}: not a PyTorch checkpoint (corrupt or another format); use another file.") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise RslavisError(f"cannot load checkpoint {path}: the file is truncated or not a PyTorch checkpoint ({reason}); use another file.") from None

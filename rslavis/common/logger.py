@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,37 @@ class RunLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
             self.tb.flush()
+
+    def offset(self):
+        """Bytes of ``log.jsonl`` written so far (stored in checkpoints: a resume cuts the log back to it)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def truncate(self, offset=0):
+        """Cut ``log.jsonl`` to its first ``offset`` bytes: the records after a resumed checkpoint, or of an
+        earlier attempt, must not be counted (or plotted) twice."""
+        if not self.enabled or not self.path.exists():
+            return
+        if self.path.stat().st_size > offset:
+            os.truncate(self.path, offset)
+
+    def truncate_to_step(self, step, epoch):
+        """Keep only the records up to ``step`` of epochs <= ``epoch`` (checkpoints without a log offset)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill
+                continue
+            if rec.get("step", 0) <= step and rec.get("epoch", 0) <= epoch:
+                kept.append(line + "\n")
+        from rslavis.common.checkpoint import atomic_write_text
+
+        atomic_write_text("".join(kept), self.path)
 
     def close(self):
         if self.tb is not None:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +94,9 @@ class FeatureCache:
         if load_fn is None:
             from rslavis.datasets.image_io import load_image as load_fn
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}-", dir=self.root))
+        from rslavis.common.checkpoint import make_shared_tempdir
+
+        tmp = Path(make_shared_tempdir(prefix=f".{self.key}-", dir=self.root))
         n = len(self.image_paths)
         out = None
         unreadable = []

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +238,9 @@ def build_retrieval(encoder, fingerprint, datasets, cache_dir="cache/retrieval",
                 for i, c in zip(chunk, caps):
                     retrieved[str(recs[i]["image_id"])] = c
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}-", dir=cache_dir))
+        from rslavis.common.checkpoint import make_shared_tempdir
+
+        tmp = Path(make_shared_tempdir(prefix=f".{name}-{key}-", dir=cache_dir))
         try:
             store.save(tmp)
             with open(tmp / "retrieved_captions.json", "w") as f:

@@ -23,6 +23,17 @@ class BaseReward:
     def __call__(self, generated, references, **extra):
         raise NotImplementedError
 
+    def state_dict(self):
+        """State that changes during training (e.g. a window of recent tokens), for checkpoints.
+
+        Tensors and plain Python values only (checkpoints load with ``weights_only=True``);
+        a reward without such state returns ``{}``.
+        """
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned."""
+
     @staticmethod
     def as_tensor(values):
         """Float tensor with NaN/inf replaced by 0, the contract's last line of defence."""

@@ -33,7 +33,7 @@ import inspect
 
 import torch
 
-from rslavis.common.errors import ConfigError, RegistryKeyError
+from rslavis.common.errors import ConfigError, RegistryKeyError, RslavisError
 from rslavis.common.registry import registry
 
 SHARED_KEYS = ("corpus", "parser")
@@ -49,8 +49,17 @@ class RunningNorm:
         self.mean = None
         self.var = None
 
+    def state_dict(self):
+        return {"mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state):
+        self.mean, self.var = state.get("mean"), state.get("var")
+
     def __call__(self, values, update=True):
         x = values.double()
+        finite = torch.isfinite(x)
+        if update and not bool(finite.all()):  # never absorb NaN/inf: one would poison every later batch
+            x = x[finite]
         if update and x.numel():
             m, v = float(x.mean()), float(x.var(unbiased=False)) if x.numel() > 1 else 0.0
             if self.mean is None:
@@ -61,18 +70,59 @@ class RunningNorm:
                 self.mean = (1 - k) * self.mean + k * m
         if self.mean is None:
             return values
-        return ((x - self.mean) / (self.var**0.5 + self.eps)).to(values.dtype)
+        return ((values.double() - self.mean) / (self.var**0.5 + self.eps)).to(values.dtype)
+
+
+NONFINITE = ("error", "skip")
+
+
+class NonFiniteRewardError(RslavisError):
+    """A reward returned NaN or inf (``run.nonfinite_rewards: error``, the default)."""
 
 
 class CombinedReward:
-    """Weighted sum of rewards (see module docstring)."""
+    """Weighted sum of rewards (see module docstring).
+
+    ``nonfinite``: what a NaN or inf from a component does. ``error`` (default) raises
+    :class:`NonFiniteRewardError` naming the reward and the caption; ``skip`` sets the
+    sample's total to 0 and marks it in :attr:`last_valid` (a bool tensor), so the caller
+    drops it from the loss and counts it. Running statistics never see such a value.
+    """
 
     is_loss_term = False
 
-    def __init__(self, components, loss_terms=None):
+    def __init__(self, components, loss_terms=None, nonfinite="error"):
+        if nonfinite not in NONFINITE:
+            raise ConfigError(f"run.nonfinite_rewards {nonfinite!r} is invalid; valid: {', '.join(NONFINITE)}.")
         self.components = components  # name -> (weight, reward, RunningNorm or None)
         self.loss_terms = loss_terms or {}  # name -> (weight, term)
+        self.nonfinite = nonfinite
         self.last_components = {}
+        self.last_valid = None
+
+    def state_dict(self):
+        """Each component's own state and its running normalisation statistics (exact resume)."""
+        out = {}
+        for name, (_, reward, norm) in self.components.items():
+            out[name] = {"reward": reward.state_dict() if hasattr(reward, "state_dict") else {},
+                         "norm": norm.state_dict() if norm is not None else None}
+        for name, (_, term) in self.loss_terms.items():
+            out[name] = {"reward": term.state_dict() if hasattr(term, "state_dict") else {}, "norm": None}
+        return out
+
+    def load_state_dict(self, state):
+        for name, s in state.items():
+            if name in self.components:
+                _, reward, norm = self.components[name]
+            elif name in self.loss_terms:
+                reward, norm = self.loss_terms[name][1], None
+            else:
+                raise ConfigError(f"the checkpoint holds the state of reward {name!r}, which run.rewards no longer has; "
+                                  "resume with the same rewards or start a new run.")
+            if s.get("reward") and hasattr(reward, "load_state_dict"):
+                reward.load_state_dict(s["reward"])
+            if norm is not None and s.get("norm") is not None:
+                norm.load_state_dict(s["norm"])
 
     @property
     def names(self):
@@ -85,16 +135,29 @@ class CombinedReward:
         b = len(generated)
         total = torch.zeros(b)
         parts = {}
+        valid = torch.ones(b, dtype=torch.bool)
         for name, (w, reward, norm) in self.components.items():
             r = torch.as_tensor(reward(generated, references, **extra), dtype=torch.float32).reshape(-1)
             if r.numel() != b:
                 raise ConfigError(f"reward {name!r} returned {r.numel()} values for {b} captions.")
+            finite = torch.isfinite(r)
+            if not bool(finite.all()):
+                i = int((~finite).nonzero()[0])
+                if self.nonfinite == "error":
+                    raise NonFiniteRewardError(
+                        f"reward {name!r} returned {float(r[i])} for caption {str(generated[i])[:120]!r} "
+                        f"({int((~finite).sum())} of {b} values not finite); fix the reward, or set "
+                        "run.nonfinite_rewards: skip to drop such samples from the loss (they are counted in the log)."
+                    )
+                valid &= finite
             if norm is not None:
                 r = norm(r, update=update)
-            r = torch.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
+            r = torch.where(finite, r, torch.zeros_like(r))
             parts[name] = r
             total = total + w * r
+        total = torch.where(valid, total, torch.zeros_like(total))
         self.last_components = parts
+        self.last_valid = valid
         return total, parts
 
     def __call__(self, generated, references, **extra):
@@ -132,7 +195,7 @@ def _parse_entry(name, spec):
     return w, opts
 
 
-def build_reward(mapping, normalize=False, momentum=0.01, reg=None, **shared):
+def build_reward(mapping, normalize=False, momentum=0.01, reg=None, nonfinite="error", **shared):
     """:class:`CombinedReward` from a ``rewards:`` mapping (see module docstring).
 
     ``shared``: ``corpus`` (reference lists or caption file, for ``cider``/``nkl``) and
@@ -170,4 +233,4 @@ def build_reward(mapping, normalize=False, momentum=0.01, reg=None, **shared):
             loss_terms[name] = (w, reward)
         else:
             components[name] = (w, reward, RunningNorm(mom) if norm_flag else None)
-    return CombinedReward(components, loss_terms)
+    return CombinedReward(components, loss_terms, nonfinite=nonfinite)

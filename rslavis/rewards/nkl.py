@@ -84,6 +84,31 @@ class NKLReward(BaseReward):
         old[: self.ref_counts.size] = self.ref_counts
         self.ref_counts = old + counts
 
+    def state_dict(self):
+        """The reference distribution, the token window and its snapshot (exact resume)."""
+        import torch
+
+        return {
+            "vocab": list(self.vocab),  # words in id order
+            "ref_counts": torch.from_numpy(self.ref_counts.copy()),
+            "fixed": self.fixed,
+            "seen_refs": [list(t) for t in self._seen_refs],
+            "recent": torch.tensor(list(self._recent), dtype=torch.int64),
+            "snapshot": None if self._snapshot is None else torch.from_numpy(self._snapshot.copy()),
+            "since_refresh": int(self._since_refresh),
+        }
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        self.vocab = {w: i for i, w in enumerate(state["vocab"])}
+        self.ref_counts = state["ref_counts"].numpy().astype(np.float64)
+        self.fixed = bool(state["fixed"])
+        self._seen_refs = {tuple(t) for t in state["seen_refs"]}
+        self._recent = deque(state["recent"].tolist(), maxlen=self.window)
+        self._snapshot = None if state["snapshot"] is None else state["snapshot"].numpy().astype(np.float64)
+        self._since_refresh = int(state["since_refresh"])
+
     def _refresh(self):
         v = len(self.vocab)
         ids = np.fromiter(self._recent, dtype=np.int64, count=len(self._recent))

@@ -16,6 +16,7 @@ with ``seed + e`` (not from the global RNG), the learning rate is a function of
 the uninterrupted one bit for bit on CPU.
 """
 
+import atexit
 import logging
 import math
 import os
@@ -74,7 +75,12 @@ class RunnerBase:
         self.output_dir = Path(self.run_cfg.output_dir) / job_id
         self.result_dir = self.output_dir / "result"
         self.is_main = dist_utils.is_main_process()
+        self.lock = None
         if self.is_main:
+            from rslavis.common.job_lock import JobLock
+
+            self.lock = JobLock(self.output_dir).acquire()  # before anything is written into the folder
+            atexit.register(self.lock.release)
             self.result_dir.mkdir(parents=True, exist_ok=True)
         self._model = model.to(self.device)
         self._wrapped = None
@@ -156,6 +162,8 @@ class RunnerBase:
             "best_agg": self.best_agg,
             "best_epoch": self.best_epoch,
             "rng": rng_state(),
+            "task": self.task.state_dict(),  # reward windows, running normalisation, generators: exact resume
+            "log_offset": self.log.offset(),
             "config": self.cfg.to_yaml() if hasattr(self.cfg, "to_yaml") else None,
         }
 
@@ -179,7 +187,19 @@ class RunnerBase:
         self.best_epoch = ckpt.get("best_epoch")
         if ckpt.get("rng") is not None:
             set_rng_state(ckpt["rng"])
+        self.task.load_state_dict(ckpt.get("task") or {})
+        if self.is_main:  # records after the checkpoint belong to the attempt that was cut short
+            if ckpt.get("log_offset") is not None:
+                self.log.truncate(int(ckpt["log_offset"]))
+            else:
+                self.log.truncate_to_step(self.global_step, int(ckpt["epoch"]))
         logger.info("resumed from %s: continuing at epoch %d", path, self.start_epoch)
+
+    def close(self):
+        """Release the run folder's lock (also done at exit)."""
+        self.log.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def load_model_weights(self, path):
         ckpt = load_checkpoint(path)
@@ -195,7 +215,10 @@ class RunnerBase:
         total, trainable = self.unwrapped.count_parameters()
         logger.info("model %s: %s parameters, %s trainable", type(self.unwrapped).__name__, f"{total:,}", f"{trainable:,}")
 
-        if run.get("evaluate"):
+        if run.max_epoch == 0 and not run.get("evaluate"):
+            logger.warning("run.max_epoch is 0: nothing is trained; the model is evaluated as built%s.",
+                           " (weights from model.finetuned)" if self.cfg.model.get("finetuned") else " (untrained unless its architecture needs no training)")
+        if run.get("evaluate") or run.max_epoch == 0:
             if run.get("resume_ckpt_path"):
                 self.load_model_weights(run.resume_ckpt_path)
             metrics = {}
@@ -216,6 +239,10 @@ class RunnerBase:
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         if run.get("resume_ckpt_path"):
             self.resume(run.resume_ckpt_path)
+        elif self.is_main and self.log.offset():
+            logger.warning("%s: starting job %s from the beginning; the log of its earlier attempt is replaced (use --resume to continue it).",
+                           self.output_dir, self.job_id)
+            self.log.truncate(0)
 
         start = time.time()
         for epoch in range(self.start_epoch, run.max_epoch):

@@ -34,6 +34,15 @@ class BaseTask:
             out[name] = builder.build_datasets()
         return out
 
+    def state_dict(self):
+        """State of the task that influences training and is not in the model or optimizer
+        (reward windows, running statistics, generators), saved in every checkpoint so a resume
+        is exact. Tensors and plain Python values only; ``{}`` when there is none."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned (called by the runner on resume)."""
+
     def before_epoch(self, epoch):
         """Called by the runner at the start of every training epoch (also after a resume)."""
 

@@ -62,6 +62,18 @@ class BestOfN:
         self.generator = None
         self.last = None  # (candidates per image, scores per image) of the last batch, for inspection
 
+    def state_dict(self):
+        """The sampling generator and the reward's state (see :meth:`BaseTask.state_dict`)."""
+        return {"generator": None if self.generator is None else self.generator.get_state(),
+                "reward": self.reward.state_dict() if self.reward is not None else {}}
+
+    def load_state_dict(self, state):
+        if state.get("generator") is not None:
+            self.generator = torch.Generator()
+            self.generator.set_state(state["generator"])
+        if state.get("reward") and self.reward is not None:
+            self.reward.load_state_dict(state["reward"])
+
     def start(self):
         """Re-seed the sampling generator (called at the start of every evaluation)."""
         self.generator = torch.Generator().manual_seed(self.seed)

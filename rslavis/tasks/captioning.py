@@ -47,6 +47,19 @@ class CaptionTask(BaseTask):
 
         self.best_of_n = from_run(run, "caption")
 
+    def state_dict(self):
+        state = {f"eval_reward/{n}": r.state_dict() for n, r in self.eval_rewards.items() if r.state_dict()}
+        if self.best_of_n is not None:
+            state["best_of_n"] = self.best_of_n.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        for key, value in state.items():
+            if key.startswith("eval_reward/") and key[len("eval_reward/"):] in self.eval_rewards:
+                self.eval_rewards[key[len("eval_reward/"):]].load_state_dict(value)
+            elif key == "best_of_n" and self.best_of_n is not None:
+                self.best_of_n.load_state_dict(value)
+
     def generation_kwargs(self):
         return dict(
             max_len=self.max_len,

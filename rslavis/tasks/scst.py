@@ -30,8 +30,13 @@ and ``scst/advantage_abs`` (mean |advantage|).
 
 Evaluation is the captioning task's (greedy/beam decoding, pycocoevalcap metrics).
 
-Resume is exact as long as no reward uses running normalisation (``normalize: true``):
-those statistics live in the task and are not checkpointed.
+Resume is exact: the rewards' state (the ``nkl`` window, running normalisation of
+``normalize: true``) is saved in every checkpoint through :meth:`SCSTTask.state_dict`.
+
+Non-finite rewards: by default a NaN or inf from any reward stops the run with an error
+naming the reward and the caption; ``run.nonfinite_rewards: skip`` drops such samples
+from the loss instead (with the ``greedy`` baseline, also when the greedy caption's
+reward is not finite) and logs their number per step as ``scst/nonfinite_skipped``.
 """
 
 import logging
@@ -101,6 +106,7 @@ class SCSTTask(CaptionTask):
         "scst_min_len": int,
         "scst_reward_parser": object,  # parser name or mapping for sde/count
         "rewards": object,  # mapping name -> weight or {weight, normalize, options}
+        "nonfinite_rewards": str,  # error | skip
     }
 
     def __init__(self, cfg):
@@ -131,6 +137,11 @@ class SCSTTask(CaptionTask):
         if self.start_epoch < 0:
             raise ConfigError(f"run.scst_start_epoch {self.start_epoch} must be >= 0.")
         self.rewards_cfg = self._rewards_mapping(run.get("rewards"))
+        from rslavis.rewards.combine import NONFINITE
+
+        self.nonfinite = str(get("nonfinite_rewards", "error"))
+        if self.nonfinite not in NONFINITE:
+            raise ConfigError(f"run.nonfinite_rewards {self.nonfinite!r} is invalid; valid: {', '.join(NONFINITE)}.")
         self.corpus = None
         self._reward = None
         self.epoch = 0
@@ -192,8 +203,21 @@ class SCSTTask(CaptionTask):
         if self._reward is None:
             from rslavis.rewards.combine import build_reward
 
-            self._reward = build_reward(self.rewards_cfg, corpus=self.corpus, parser=self.reward_parser)
+            self._reward = build_reward(self.rewards_cfg, corpus=self.corpus, parser=self.reward_parser, nonfinite=self.nonfinite)
         return self._reward
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self._reward is not None:
+            state["reward"] = self._reward.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        reward = state.pop("reward", None)
+        super().load_state_dict(state)
+        if reward is not None:
+            self.reward.load_state_dict(reward)
 
     def before_epoch(self, epoch):
         self.epoch = epoch
@@ -243,17 +267,30 @@ class SCSTTask(CaptionTask):
         t1 = time.perf_counter()
         rep_refs = [r for r in refs for _ in range(n)]
         total, parts = reward.compute(out.captions, rep_refs, **self._reward_extra(samples, n))
+        valid = reward.last_valid
         if greedy is not None:
             g_total, _ = reward.compute(greedy, refs, update_stats=False, **self._reward_extra(samples, 1))
+            valid = valid & reward.last_valid.repeat_interleave(n)
             base = g_total.repeat_interleave(n)
-        else:
+        elif bool(valid.all()):
             base = leave_one_out_baseline(total, n)
+        else:  # the mean of the image's other samples with a finite reward
+            v = valid.view(-1, n).to(total.dtype)
+            r = total.view(-1, n) * v
+            others = v.sum(1, keepdim=True) - v
+            base = ((r.sum(1, keepdim=True) - r) / others.clamp(min=1)).reshape(-1)
+            valid = valid & (others > 0).reshape(-1)
         t2 = time.perf_counter()
         device = out.logprobs.device
         adv = (total - base).to(device)
         mask = out.mask.to(out.logprobs.dtype)
         seq_logp = (out.logprobs * mask).sum(1)
-        loss = -(adv * seq_logp).mean()
+        skipped = int((~valid).sum())
+        if skipped:  # run.nonfinite_rewards: skip (with "error" the reward raised already)
+            keep = valid.to(device=device, dtype=seq_logp.dtype)
+            loss = -(adv * keep * seq_logp).sum() / keep.sum().clamp(min=1)
+        else:
+            loss = -(adv * seq_logp).mean()
         dist = out.logits if out.logits is not None else out.logprobs
         if reward.loss_terms:
             term, stats = reward.loss_term(dist, mask)
@@ -275,6 +312,8 @@ class SCSTTask(CaptionTask):
         }
         if greedy is not None:
             logs["scst/reward_greedy"] = float(g_total.mean())
+        if self.nonfinite == "skip":
+            logs["scst/nonfinite_skipped"] = skipped
         for name, values in parts.items():
             logs[f"scst/reward/{name}"] = float(values.float().mean())
         for k, v in stats.items():

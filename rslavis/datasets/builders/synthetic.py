@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from rslavis.common.errors import ConfigError
@@ -90,7 +89,9 @@ def materialise(build_info, confounded=False):
     root.mkdir(parents=True, exist_ok=True)
     # Generate into a temporary folder and rename it into place, so an interrupted run
     # never leaves a half-written dataset that a later run would trust.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    from rslavis.common.checkpoint import make_shared_tempdir
+
+    tmp = Path(make_shared_tempdir(prefix=f".{key}-", dir=root))
     try:
         (tmp / "images").mkdir()
         annotations = {"settings": settings, "splits": {}}

@@ -14,6 +14,7 @@ BUILTINS = {
         "knn_caption": "rslavis.models.knn_caption",
         "rs_moe": "rslavis.models.rs_moe.model",
         "score_model": "rslavis.models.score_model",
+        "hf_vlm": "rslavis.models.hf_vlm.model",
     },
     "builder": {
         "rs_synthetic": "rslavis.datasets.builders.synthetic",

@@ -1,0 +1,1 @@
+"""Today's image-text-to-text VLMs through transformers (model ``hf_vlm``)."""

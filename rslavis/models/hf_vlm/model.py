@@ -1,0 +1,446 @@
+"""``hf_vlm``: transformers' image-text-to-text models (Qwen2-VL, Qwen2.5-VL, LLaVA,
+Idefics3/SmolVLM, PaliGemma) behind the rslavis model interface.
+
+Family: ``model.family``, or read from ``config.json`` of ``model.pretrained`` (a local
+Hugging Face directory: weights, processor, chat template; nothing is downloaded). Tiny
+types (``model_type: tiny``) build the family's own class from a random config of the
+sizes in ``model.vision``/``model.llm``, with a tokenizer fitted on the training text in
+:meth:`prepare_for_training` and a processor of the family's class built locally
+(:mod:`rslavis.models.hf_vlm.families`); the processor is saved to ``<run>/tokenizer``.
+
+Prompt: the instruction (``text_input``, else ``model.prompt``) and the image go through
+the processor's chat template as one user turn with the generation prompt
+(PaliGemma: the instruction as is). Training appends ``answer + end token`` (Qwen
+``<|im_end|>``, Idefics3 ``<end_of_utterance>``, else EOS) and the loss covers those
+tokens only. Images arrive resized and normalised by the dataset's ``vis_processor``;
+the HF image processor is told not to rescale or normalise again (set the dataset's
+``mean``/``std`` to the checkpoint's ``image_mean``/``image_std`` for real weights).
+
+``generate`` is transformers' ``generate`` (greedy/beam, KV cache). ``sample`` draws
+with ``generate(do_sample=True)`` (KV cache, full vocabulary: ``top_k=0, top_p=1``) and
+re-scores the drawn tokens in one teacher-forced pass with grad (:meth:`token_logprobs`),
+the same split TRL makes; positions and masks of that pass are those ``generate`` uses,
+which the tests check by greedy sampling equal to greedy generation.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from rslavis.common.config import to_plain
+from rslavis.common.errors import ConfigError, RslavisError
+from rslavis.common.registry import registry
+from rslavis.models.base_model import BaseModel, SampleOutput
+from rslavis.models.hf_vlm.families import family_of_model_type, get_family
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "Describe the image briefly."
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROCESSOR_DIR = "tokenizer"  # the runner's/SCST's name for the fitted text files beside checkpoints
+
+
+def _read_model_type(path, option):
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{option}: {path} has no config.json (a local Hugging Face model directory is expected).")
+    try:
+        return json.loads(cfg_file.read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option}: {cfg_file} is not valid JSON ({exc}).") from None
+
+
+def fitted_tokenizer(texts, family, vocab_size=2000):
+    """Word-level tokenizer on ``texts`` plus the family's special tokens (added, never split)."""
+    from tokenizers import AddedToken
+
+    from rslavis.models.tokenization import train_caption_tokenizer
+
+    tok = train_caption_tokenizer(list(texts) + list(family.template_words), vocab_size=vocab_size)
+    tok.add_tokens([AddedToken(t, normalized=False, special=True) for t in family.special_tokens], special_tokens=True)
+    return tok
+
+
+def load_processor(directory, option):
+    p = Path(str(directory)).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"{option}: processor directory not found: {p} (written by save_pretrained of a processor).")
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(p), local_files_only=True)
+
+
+@registry.register_model("hf_vlm")
+class HFVLM(BaseModel):
+    """Config keys (see ``configs/models/hf_vlm/*.yaml``): ``family``, ``pretrained`` (local HF
+    directory), ``tokenizer_path`` (a saved processor), ``vision``/``llm`` (tiny sizes),
+    ``tokenizer_vocab_size``, ``prompt``, ``max_output_txt_len`` (answer tokens in
+    training; instructions are never cut, so the image tokens stay whole), ``freeze_vision``, ``freeze_projector``, ``freeze_llm``, ``lora_r`` (0:
+    off), ``lora_alpha``, ``lora_dropout``, ``lora_targets`` (attn | ffn | all | module names),
+    ``dtype`` (float32 | bfloat16 | float16), ``answer_end_token`` (override of the family's).
+    """
+
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "tiny": "configs/models/hf_vlm/tiny.yaml",
+        "local": "configs/models/hf_vlm/local.yaml",
+    }
+    DEFAULT_MODEL_TYPE = "tiny"
+
+    def __init__(self, cfg, processor=None, hf_config=None):
+        super().__init__()
+        self.cfg = dict(to_plain(cfg) or {})
+        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        self.model = None
+        self.processor = None
+        self.prompt = self.cfg.get("prompt") or DEFAULT_PROMPT
+        self.max_output_txt_len = int(self.cfg.get("max_output_txt_len") or 40)
+        pretrained = self.cfg.get("pretrained")
+        if pretrained:
+            p = Path(str(pretrained)).expanduser()
+            if not p.is_dir():
+                raise ConfigError(
+                    f"model.pretrained: directory not found: {p}. Put a Hugging Face image-text-to-text checkpoint there "
+                    f"(e.g. `huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct --local-dir {p}` on a machine with internet); "
+                    "nothing is downloaded."
+                )
+            self.family = family_of_model_type(_read_model_type(p, "model.pretrained"), f"model.pretrained {p}")
+            if self.cfg.get("family") and get_family(self.cfg["family"]).name != self.family.name:
+                raise ConfigError(f"model.family {self.cfg['family']!r} contradicts {p}/config.json (a {self.family.name} model).")
+        else:
+            self.family = get_family(self.cfg.get("family") or "qwen2_5_vl")
+        if processor is None and self.cfg.get("tokenizer_path"):
+            processor = load_processor(self.cfg["tokenizer_path"], "model.tokenizer_path")
+        if pretrained and hf_config is None:
+            self._load_pretrained(Path(str(pretrained)).expanduser(), processor)
+        elif processor is not None:
+            self._build(processor, hf_config)
+        elif (self.cfg.get("model_type") or self.DEFAULT_MODEL_TYPE) != "tiny":
+            raise ConfigError("model.pretrained is not set for model_type 'local': give a local Hugging Face model directory.")
+
+    # ------------------------------------------------------------------ building
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def _load_pretrained(self, path, processor):
+        from transformers import AutoModelForImageTextToText
+
+        dtype = DTYPES.get(str(self.cfg.get("dtype") or "float32"))
+        if dtype is None:
+            raise ConfigError(f"model.dtype: {self.cfg.get('dtype')!r} is unknown; valid: {', '.join(DTYPES)}.")
+        if processor is None:
+            processor = load_processor(path, "model.pretrained")
+        model = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        self._attach(model, processor)
+
+    def _build(self, processor, hf_config=None):
+        from transformers import AutoModelForImageTextToText
+
+        if hf_config is None:
+            hf_config = self.family.build_config(self.cfg, processor.tokenizer, self._end_id(processor.tokenizer))
+        self._attach(AutoModelForImageTextToText.from_config(hf_config), processor)
+
+    def _end_id(self, tok):
+        token = self.cfg.get("answer_end_token") or self.family.end_token
+        if token is None:
+            return tok.eos_token_id
+        tid = tok.convert_tokens_to_ids(token)
+        if tid is None or tid == tok.unk_token_id:
+            raise ConfigError(f"model.answer_end_token: {token!r} is not a token of the tokenizer.")
+        return tid
+
+    def _attach(self, model, processor):
+        """Special ids, generation settings, LoRA and freezing on a built transformers model."""
+        tok = processor.tokenizer
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        self.processor = processor
+        self.end_id = self._end_id(tok)
+        self.eos_ids = sorted({self.end_id, tok.eos_token_id} - {None})
+        gen = model.generation_config
+        gen.pad_token_id, gen.eos_token_id = tok.pad_token_id, self.eos_ids
+        self.suppress_ids = self._placeholder_ids(model.config, tok)
+        r = int(self.cfg.get("lora_r") or 0)
+        if r > 0:
+            from rslavis.models.lora import apply_lora
+
+            targets = self.cfg.get("lora_targets") or "attn"
+            apply_lora(self._module(model, self.family.llm[0]), r=r, alpha=self.cfg.get("lora_alpha", 16),
+                       dropout=self.cfg.get("lora_dropout", 0.05), targets=targets, family="llama")
+            for p in model.lm_head.parameters():  # the LM head belongs to the LLM (LLaVA's is not tied to the embeddings)
+                p.requires_grad = False
+        frozen = {"freeze_vision": self.family.vision, "freeze_projector": self.family.projector, "freeze_llm": self.family.llm}
+        projector = tuple(self.family.projector)
+        for key, paths in frozen.items():
+            if not self.cfg.get(key, False):
+                continue
+            for path in paths:
+                for name, p in self._module(model, path).named_parameters(prefix=path):
+                    if "lora_" in name:  # adapters stay trainable in a frozen LLM
+                        continue
+                    if key == "freeze_vision" and name.startswith(projector):  # Qwen's merger lives in the vision tower
+                        continue
+                    p.requires_grad = False
+            if key == "freeze_llm":
+                for name, p in model.lm_head.named_parameters():
+                    p.requires_grad = False
+        self.model = model.to(self.device)
+
+    def _placeholder_ids(self, config, tok):
+        """Tokens an answer must never contain: image/video placeholders (a sampled one would be taken for
+        an image slot when the answer is re-scored) and padding."""
+        ids = {getattr(config, k, None) for k in ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+        for t in ("<fake_token_around_image>", "<global-img>", "<image>", "<|image_pad|>", "<|video_pad|>"):
+            if t in tok.get_vocab():
+                ids.add(tok.convert_tokens_to_ids(t))
+        ids.add(tok.pad_token_id)
+        return sorted(i for i in ids if i is not None and i not in self.eos_ids and i < len(tok))
+
+    @staticmethod
+    def _module(model, path):
+        m = model.model
+        for part in path.split("."):
+            if not hasattr(m, part):
+                raise RslavisError(f"hf_vlm: {type(model).__name__} has no module {path!r}; the family table does not match this transformers version.")
+            m = getattr(m, part)
+        return m
+
+    def prepare_for_training(self, datasets, output_dir):
+        """Tiny types: fit the tokenizer on the training text, build processor and model, save the processor."""
+        if self.model is not None:
+            return
+        from rslavis.models.instructblip.model import dataset_texts
+
+        targets, instructions = dataset_texts(datasets)
+        if not targets:
+            raise ConfigError("model.tokenizer_path is not set and no training texts were found to fit the tokenizer on.")
+        texts = targets + sorted(set(instructions) | {self.prompt})
+        tok = fitted_tokenizer(texts, self.family, int(self.cfg.get("tokenizer_vocab_size") or 2000))
+        self._build(self.family.build_processor(self.cfg, tok))
+        if output_dir is not None:
+            from rslavis.common.dist_utils import is_main_process
+
+            if is_main_process():
+                self.processor.save_pretrained(str(Path(output_dir) / PROCESSOR_DIR))
+        logger.info("hf_vlm %s: fitted a %d-token tokenizer on %d texts", self.family.name, len(tok), len(texts))
+
+    def _require_model(self):
+        if self.model is None:
+            raise RslavisError("hf_vlm: the model is not built yet (set model.tokenizer_path or call prepare_for_training).")
+
+    # ------------------------------------------------------------------ inputs
+    def instructions(self, samples, n):
+        prompts = samples.get("text_input")
+        if prompts is None:
+            return [self.prompt] * n
+        return [p if (p and str(p).strip()) else self.prompt for p in prompts]
+
+    def prompt_text(self, instruction):
+        """The instruction as one user turn with the image, through the processor's chat template."""
+        if self.family.chat_template is None and not getattr(self.processor, "chat_template", None):
+            return self.processor.image_token + instruction  # PaliGemma: the processor expands it, adds BOS and the newline
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _images(self, samples):
+        if "image" not in samples:
+            raise ConfigError("hf_vlm needs samples with 'image' (a feature cache's image_features cannot feed its vision tower).")
+        return [im.float().cpu() for im in samples["image"]]
+
+    def prompt_inputs(self, samples):
+        """Left-padded processor outputs of the prompts (ids, mask, pixel values, grid sizes...)."""
+        self._require_model()
+        images = self._images(samples)
+        texts = [self.prompt_text(p) for p in self.instructions(samples, len(images))]
+        kwargs = {}
+        if self.family.name == "idefics3":
+            kwargs["images"] = [[im] for im in images]
+        else:
+            kwargs["images"] = images
+        enc = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
+        enc = {k: v for k, v in enc.items() if k != "labels"}  # PaliGemma's processor adds prompt labels; the answer is appended here
+        dtype = self.model.dtype
+        out = {}
+        for k, v in enc.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device)
+                if v.is_floating_point():
+                    v = v.to(dtype)
+            out[k] = v
+        self._check_image_tokens(out)
+        return out
+
+    def _image_token_id(self):
+        cfg = self.model.config
+        for key in ("image_token_id", "image_token_index"):
+            if getattr(cfg, key, None) is not None:
+                return int(getattr(cfg, key))
+        return None
+
+    def _check_image_tokens(self, inputs):
+        image_id = self._image_token_id()
+        counts = (inputs["input_ids"] == image_id).sum(1)
+        if bool((counts == 0).any()):
+            raise RslavisError(
+                f"hf_vlm: a prompt has no image token (id {image_id}); the chat template of {type(self.processor).__name__} "
+                "did not place the image, so transformers would ignore it."
+            )
+
+    def _answer_ids(self, answers):
+        tok = self.tokenizer
+        return [tok(a, add_special_tokens=False)["input_ids"][: self.max_output_txt_len] + [self.end_id] for a in answers]
+
+    def extend_inputs(self, inputs, completions, completion_mask, answer_type=True):
+        """``inputs`` (left-padded prompts) followed by ``completions`` (R, T): ids, attention mask,
+        position ids as ``generate`` computes them, and the token-type rows of the family."""
+        ids = torch.cat([inputs["input_ids"], completions], 1)
+        mask = torch.cat([inputs["attention_mask"], completion_mask.to(inputs["attention_mask"].dtype)], 1)
+        out = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        out.update(input_ids=ids, attention_mask=mask)
+        for key in ("token_type_ids", "mm_token_type_ids"):
+            if key in inputs:
+                fill = self.family.answer_token_type if (key == "token_type_ids" and self.family.answer_token_type is not None and answer_type) else 0
+                out[key] = torch.cat([inputs[key], torch.full_like(completions, fill)], 1)
+        if not self.family.uses_mrope:  # Qwen computes its 3-D positions from the mask itself
+            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            out["position_ids"] = pos + self.family.position_offset
+        return out
+
+    # ------------------------------------------------------------------ training / generation
+    def forward(self, samples):
+        inputs = self.prompt_inputs(samples)
+        answers = self._answer_ids(list(samples["text_output"]))
+        width = max(len(a) for a in answers)
+        pad = self.tokenizer.pad_token_id
+        comp = torch.full((len(answers), width), pad, dtype=torch.long)
+        cmask = torch.zeros((len(answers), width), dtype=torch.long)
+        for i, a in enumerate(answers):
+            comp[i, : len(a)] = torch.tensor(a)
+            cmask[i, : len(a)] = 1
+        comp, cmask = comp.to(self.device), cmask.to(self.device)
+        full = self.extend_inputs(inputs, comp, cmask)
+        logits = self.model(**full, logits_to_keep=width + 1).logits[:, :-1]
+        labels = comp.masked_fill(cmask == 0, -100)  # loss on the answer (and its end token) only
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return {"loss": loss}
+
+    def _decode(self, ids):
+        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
+        """Greedy or beam-search answers with transformers' ``generate`` (KV cache)."""
+        inputs = self.prompt_inputs(samples)
+        width = inputs["input_ids"].shape[1]
+        out = self.model.generate(
+            **inputs, max_new_tokens=int(max_len), min_new_tokens=int(min_len), num_beams=int(num_beams),
+            repetition_penalty=float(repetition_penalty), length_penalty=float(length_penalty), do_sample=False,
+            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppress_ids,
+        )
+        return self._decode(out[:, width:])
+
+    def completion_mask(self, tokens):
+        """1 up to and including the first end token of each row, 0 after it."""
+        is_end = torch.zeros_like(tokens, dtype=torch.bool)
+        for e in self.eos_ids:
+            is_end |= tokens == e
+        after = (is_end.long().cumsum(1) - is_end.long()) > 0  # strictly after the first end token
+        return (~after).float()
+
+    def repeat_inputs(self, inputs, n):
+        """Each image's prompt inputs ``n`` times, image-major (pixel rows follow their images)."""
+        if n == 1:
+            return inputs
+        b = inputs["input_ids"].shape[0]
+        out = {}
+        for k, v in inputs.items():
+            if not isinstance(v, torch.Tensor):
+                out[k] = v
+            elif k == "pixel_values" and self.family.uses_mrope:  # Qwen: patches of all images, concatenated
+                per = v.shape[0] // b
+                out[k] = v.view(b, per, *v.shape[1:]).repeat_interleave(n, 0).reshape(-1, *v.shape[1:])
+            else:
+                out[k] = v.repeat_interleave(n, 0)
+        return out
+
+    def token_logprobs(self, inputs, tokens, mask, temperature=1.0, min_len=0, return_logits=False):
+        """Per-token log-probs (with grad) of ``tokens`` (R, T) after the prompts ``inputs``, under
+        ``softmax(logits / temperature)`` with placeholder tokens barred and the end tokens barred
+        before ``min_len`` (the distribution ``sample`` draws from). Returns ``(logprobs * mask,
+        logits or None)``."""
+        width = tokens.shape[1]
+        full = self.extend_inputs(inputs, tokens, mask)
+        logits = self.model(**full, logits_to_keep=width + 1).logits[:, :-1].float() / float(temperature)
+        logits = logits.clone()
+        logits[..., self.suppress_ids] = float("-inf")
+        if min_len > 0:
+            logits[:, : int(min_len), self.eos_ids] = float("-inf")
+        logp = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        logp = torch.where(mask > 0, logp, torch.zeros_like(logp))  # padding is barred (-inf): never multiply it by 0
+        return logp, (logits if return_logits else None)
+
+    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
+        """``n`` answers per image (rows image-major), :class:`SampleOutput` conventions (see
+        :mod:`rslavis.models.sampling`): drawn by ``generate`` from the full distribution at
+        ``temperature`` (``greedy``: argmax), re-scored with grad by :meth:`token_logprobs`."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}; use greedy=True for argmax decoding.")
+        inputs = self.repeat_inputs(self.prompt_inputs(samples), n)
+        width = inputs["input_ids"].shape[1]
+        tok = self.tokenizer
+        was_training = self.model.training
+        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+        with torch.no_grad():
+            gen = self.model.generate(
+                **inputs, max_new_tokens=int(max_len), min_new_tokens=int(min_len), num_beams=1, repetition_penalty=1.0,
+                eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress_ids, **sampling,
+            )
+        self.model.train(was_training)
+        tokens = gen[:, width:]
+        mask = self.completion_mask(tokens)
+        tokens = tokens.masked_fill(mask == 0, tok.pad_token_id)
+        logp, logits = self.token_logprobs(inputs, tokens, mask, temperature, min_len, return_logits)
+        return SampleOutput(tokens, logp, mask, self._decode(tokens), logits)
+
+    def sample_inputs(self, samples, n):
+        """Prompt inputs repeated ``n`` times, for re-scoring samples with :meth:`token_logprobs` (GRPO)."""
+        return self.repeat_inputs(self.prompt_inputs(samples), n)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory):
+        """``config.json`` (rslavis config), ``hf_config.json``, ``model.safetensors``, ``tokenizer/`` (processor)."""
+        from safetensors.torch import save_model
+
+        from rslavis.common.checkpoint import atomic_write_json
+
+        self._require_model()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.cfg, tokenizer_path=None, pretrained=None, family=self.family.name)  # the directory is self-contained
+        atomic_write_json({"arch": "hf_vlm", **cfg}, d / "config.json", indent=2)
+        (d / "hf_config.json").write_text(self.model.config.to_json_string())
+        self.processor.save_pretrained(str(d / PROCESSOR_DIR))
+        tmp = d / ".model.safetensors.tmp"
+        save_model(self, str(tmp))
+        os.replace(tmp, d / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        d = Path(directory)
+        if not (d / "config.json").is_file() or not (d / "hf_config.json").is_file():
+            raise ConfigError(f"{d}: not a saved hf_vlm model (config.json/hf_config.json missing); write one with save_pretrained.")
+        from safetensors.torch import load_model
+        from transformers import AutoConfig
+
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("arch", None)
+        processor = load_processor(d / PROCESSOR_DIR, str(d / PROCESSOR_DIR))
+        hf = json.loads((d / "hf_config.json").read_text())
+        hf_config = AutoConfig.for_model(**hf)
+        model = cls(cfg, processor=processor, hf_config=hf_config)
+        load_model(model, str(d / "model.safetensors"))
+        return model

@@ -205,3 +205,21 @@ def test_rsicd_raw_text_equals_pycocoevalcap_with_ptb(shared_data):
     tok_refs = [gts[i] for i in range(len(cands))]
     pre = CiderD(corpus=tok_refs, pretokenized=True).score([res[i][0] for i in range(len(cands))], tok_refs)
     assert np.abs(pre - expected).max() < 1e-9
+
+
+def test_vocabulary_beyond_the_old_packed_key_limit():
+    """More than 32,767 distinct words (the old 15-bit packing's limit; COCO-sized corpora
+    hold about 30k): scores still equal the direct transcription of the formulas."""
+    rng = random.Random(1)
+    words = [f"w{i}" for i in range(45000)]
+    corpus = [[" ".join(rng.choice(words) for _ in range(8)) for _ in range(2)] for _ in range(6000)]
+    scorer = CiderD(corpus=corpus)
+    assert len(scorer.vocab) > 32767
+    refs = corpus[:40]
+    cands = [" ".join(r[0].split()[:5] + [rng.choice(words), "unseenword"]) for r in refs]
+    ours = scorer.score(cands, refs)
+    assert ours.max() > 0.5
+    assert np.abs(ours - reference_cider(cands, refs, corpus)).max() < 1e-9
+    # references with words the corpus has never seen grow the vocabulary further
+    new_refs = [[f"fresh{i} w1 w2", f"fresh{i} w3"] for i in range(3)]
+    assert np.isfinite(scorer.score(["fresh0 w1 w2"] * 3, new_refs)).all()

@@ -22,7 +22,8 @@ captions per image, or a caption file path, see :func:`load_corpus`), or call
 :meth:`CiderD.set_corpus`. With the same corpus, scores on raw text equal pycocoevalcap's
 per-image ``Cider`` on PTB-tokenized text to 1e-9 (``tests/test_cider.py``, RSICD and UCM).
 
-Speed: captions are tokenized in pure Python, n-grams are packed into 64-bit integer keys (15 bits per word), and everything after
+Speed: captions are tokenized in pure Python, n-grams get 64-bit integer keys built order by order (an n-gram's key holds the id of its
+first n-1 words and its last word, so there is no practical vocabulary limit), and everything after
 the word-id lookup is numpy over the whole batch. Reference vectors are cached per
 image (keyed by the tuple of reference strings), so in training each image's references
 are processed once.
@@ -41,9 +42,13 @@ from rslavis.text.tokenize import ptb_tokenize_batch
 
 logger = logging.getLogger(__name__)
 
-_BITS = 15
-_WORD_CAP = (1 << _BITS) - 1  # word ids are 1.._WORD_CAP; 0 is never used
-_ORDER_SHIFT = 60  # the n-gram order sits above the packed words (4 * 15 = 60 bits)
+# An n-gram's key is ((order - 1) << 61) | (prefix << 31) | last word, where prefix is the id of
+# its first n-1 words (0 for a unigram): keys stay 64-bit for any n, with up to 2**31 - 1
+# distinct words and 2**30 distinct n-grams (COCO's references hold about 30k words).
+_WORD_BITS = 31
+_WORD_CAP = (1 << _WORD_BITS) - 1  # word ids are 1.._WORD_CAP; 0 is never used
+_ORDER_SHIFT = 61
+_ID_CAP = (1 << 30) - 1
 
 
 def load_corpus(path, split="train"):
@@ -60,29 +65,6 @@ def load_corpus(path, split="train"):
 
 def _split_batch(texts):
     return [t.split() if isinstance(t, str) else ([] if t is None else str(t).split()) for t in texts]
-
-
-def _pack(word_ids, lengths, n_max):
-    """Packed n-gram keys of concatenated captions.
-
-    ``word_ids``: int64 of all tokens; ``lengths``: tokens per caption. Returns
-    ``(keys, owner)``: one key per n-gram occurrence (order in the top bits) and the
-    index of its caption.
-    """
-    total = int(word_ids.size)
-    n_caps = len(lengths)
-    owner_tok = np.repeat(np.arange(n_caps, dtype=np.int64), lengths)
-    ends = np.cumsum(lengths, dtype=np.int64)
-    remaining = ends[owner_tok] - np.arange(total, dtype=np.int64) if total else np.zeros(0, np.int64)
-    padded = np.concatenate([word_ids, np.zeros(n_max, dtype=np.int64)])
-    keys, owners = [], []
-    key = np.zeros(total, dtype=np.int64)
-    for n in range(1, n_max + 1):
-        key = (key << _BITS) | padded[n - 1 : n - 1 + total]
-        valid = remaining >= n
-        keys.append(key[valid] | (n << _ORDER_SHIFT))
-        owners.append(owner_tok[valid])
-    return np.concatenate(keys), np.concatenate(owners)
 
 
 class _RefEntry:
@@ -165,15 +147,11 @@ class CiderD(BaseReward):
             owner_img.extend([i] * len(r))
         toks = self._tokenize(flat)
         ids, lengths = self._word_ids(toks, grow=True)
-        keys, owner = _pack(ids, lengths, self.n)
-        uniq, inv = np.unique(keys, return_inverse=True)
-        g = uniq.size
+        dense, owner, _, _ = self._ngrams(ids, lengths, grow=True)
+        g = self.df.size
         doc = np.asarray(owner_img, dtype=np.int64)[owner]
-        pairs = np.unique(doc * g + inv)
-        self.keys_sorted = uniq
-        self.ids_sorted = np.arange(g, dtype=np.int64)
+        pairs = np.unique(doc * g + dense)
         self.df = np.bincount(pairs % g, minlength=g).astype(np.float64)
-        self.order = (uniq >> _ORDER_SHIFT).astype(np.int64)
         self.n_docs = len(refs)
         self.ref_len = math.log(float(self.n_docs))
         self.has_corpus = True
@@ -222,6 +200,46 @@ class CiderD(BaseReward):
                 raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
         return ids, lengths
 
+    def _ngrams(self, word_ids, lengths, grow):
+        """Every n-gram occurrence of concatenated captions as ``(ids, owner, order, tmp_order)``.
+
+        ``ids``: the n-gram's id in the table (``grow=True`` adds the missing ones). With
+        ``grow=False`` an n-gram the table lacks gets a temporary id ``>= table size``, the
+        same for equal n-grams within this call; ``tmp_order[id - size]`` is its order.
+        ``owner``: the caption of each occurrence.
+        """
+        total = int(word_ids.size)
+        n_caps = len(lengths)
+        owner_tok = np.repeat(np.arange(n_caps, dtype=np.int64), lengths)
+        ends = np.cumsum(lengths, dtype=np.int64)
+        remaining = ends[owner_tok] - np.arange(total, dtype=np.int64) if total else np.zeros(0, np.int64)
+        size = self.df.size
+        temp_next = size
+        prefix = np.zeros(total, dtype=np.int64)  # id of the (n-1)-gram starting at each position
+        ids_all, owners, orders, tmp_orders = [], [], [], []
+        for n in range(1, self.n + 1):
+            pos = np.flatnonzero(remaining >= n) if n > 1 else np.arange(total, dtype=np.int64)
+            keys = (np.int64(n - 1) << _ORDER_SHIFT) | (prefix[pos] << _WORD_BITS) | word_ids[pos + (n - 1)]
+            ids = self._lookup(keys)
+            unknown = ids < 0
+            if unknown.any():
+                if grow:
+                    self._add_keys(keys[unknown])
+                    ids = self._lookup(keys)
+                else:
+                    ukeys, uinv = np.unique(keys[unknown], return_inverse=True)
+                    ids[unknown] = temp_next + uinv
+                    temp_next += ukeys.size
+                    tmp_orders.append(np.full(ukeys.size, n, dtype=np.int64))
+            if max(self.df.size, temp_next) > _ID_CAP:
+                raise RslavisError(f"cider: more than {_ID_CAP} distinct n-grams, the limit of the 64-bit n-gram keys.")
+            prefix[pos] = ids
+            ids_all.append(ids)
+            owners.append(owner_tok[pos])
+            orders.append(np.full(pos.size, n, dtype=np.int64))
+        tmp = np.concatenate(tmp_orders) if tmp_orders else np.zeros(0, np.int64)
+        return np.concatenate(ids_all), np.concatenate(owners), np.concatenate(orders), tmp
+
     def _lookup(self, keys):
         """Dense ids of packed keys, -1 where the n-gram is unknown."""
         if self.keys_sorted.size == 0:
@@ -241,7 +259,7 @@ class CiderD(BaseReward):
         srt = np.argsort(keys, kind="stable")
         self.keys_sorted, self.ids_sorted = keys[srt], ids[srt]
         self.df = np.concatenate([self.df, np.zeros(new_keys.size)])
-        self.order = np.concatenate([self.order, (new_keys >> _ORDER_SHIFT).astype(np.int64)])
+        self.order = np.concatenate([self.order, (new_keys >> _ORDER_SHIFT).astype(np.int64) + 1])
 
     # ------------------------------------------------------------------ references
     def _ref_entries(self, ref_tuples):
@@ -258,11 +276,7 @@ class CiderD(BaseReward):
                 owner_img.extend([i] * len(r))
             toks = self._tokenize(flat)
             ids, lengths = self._word_ids(toks, grow=True)
-            keys, owner = _pack(ids, lengths, self.n)
-            dense = self._lookup(keys)
-            if (dense < 0).any():
-                self._add_keys(keys[dense < 0])
-                dense = self._lookup(keys)
+            dense, owner, _, _ = self._ngrams(ids, lengths, grow=True)
             g = self.df.size
             comb, tf = np.unique(owner * g + dense, return_counts=True)
             ref = comb // g
@@ -332,16 +346,7 @@ class CiderD(BaseReward):
         nu = len(uniq)
         toks = self._tokenize(uniq)
         ids, lengths = self._word_ids(toks, grow=False)
-        keys, owner = _pack(ids, lengths, n)
-        dense = self._lookup(keys)
-        unknown = dense < 0
-        if unknown.any():
-            ukeys, uinv = np.unique(keys[unknown], return_inverse=True)
-            dense = dense.copy()
-            dense[unknown] = g + uinv
-            uorder = (ukeys >> _ORDER_SHIFT).astype(np.int64)
-        else:
-            uorder = np.zeros(0, np.int64)
+        dense, owner, _, uorder = self._ngrams(ids, lengths, grow=False)
         span = g + uorder.size
         comb, tf = np.unique(owner * span + dense, return_counts=True)
         cu = comb // span

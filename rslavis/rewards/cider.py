@@ -49,6 +49,7 @@ _WORD_BITS = 31
 _WORD_CAP = (1 << _WORD_BITS) - 1  # word ids are 1.._WORD_CAP; 0 is never used
 _ORDER_SHIFT = 61
 _ID_CAP = (1 << 30) - 1
+_ENTRY_SHIFT = 30  # pool keys: (cached image << 30) | n-gram id
 
 
 def load_corpus(path, split="train"):
@@ -68,19 +69,21 @@ def _split_batch(texts):
 
 
 class _RefEntry:
-    """Cached TF-IDF vectors of one image's references (union of their n-grams).
+    """One image's cached references: entry ``index`` in the scorer's pools.
 
-    Norms and lengths live in the scorer's pools (rows ``start .. start + m``) so a
-    batch gathers them with one fancy index instead of a Python loop.
+    The TF-IDF weights of the union of its references' n-grams are rows of the scorer's
+    ``_pool_w`` under the sorted keys ``(index << 30) | n-gram id`` of ``_pool_keys``;
+    norms and lengths are rows ``start .. start + m`` of ``_pool_norm`` / ``_pool_len``. A
+    batch therefore finds every candidate n-gram in its image's references with one
+    ``searchsorted`` over the pool, and gathers the rest with fancy indexing.
     """
 
-    __slots__ = ("ids", "weights", "start", "m")
+    __slots__ = ("index", "start", "m")
 
-    def __init__(self, ids, weights, start):
-        self.ids = ids  # sorted dense n-gram ids, (U,)
-        self.weights = weights  # (U, m): weight of each n-gram in each reference
+    def __init__(self, index, start, m):
+        self.index = index
         self.start = start
-        self.m = weights.shape[1]
+        self.m = m
 
 
 @registry.register_reward("cider")
@@ -134,6 +137,8 @@ class CiderD(BaseReward):
         self._cache = {}
         self._pool_norm = np.zeros((0, self.n))  # per reference: norm of each n-gram order
         self._pool_len = np.zeros(0)  # per reference: length (number of bigrams)
+        self._pool_keys = np.zeros(0, np.int64)  # (entry index << 30) | n-gram id, sorted
+        self._pool_w = np.zeros((0, 1))  # weight of that n-gram in each of the entry's references
 
     def set_corpus(self, references):
         """Compute document frequencies once from ``references``: one list of captions per image."""
@@ -290,20 +295,23 @@ class CiderD(BaseReward):
             first_ref = np.concatenate([[0], np.cumsum([len(r) for r in missing])]).astype(np.int64)
             img = img_of_ref[ref]
             col = ref - first_ref[img]
-            ucomb, uinv = np.unique(img * g + d, return_inverse=True)
-            m_max = max(len(r) for r in missing)
+            first_entry = len(cache)
+            ucomb, uinv = np.unique(((img + first_entry) << _ENTRY_SHIFT) | d, return_inverse=True)
+            m_max = max(max(len(r) for r in missing), self._pool_w.shape[1])
             wmat = np.zeros((ucomb.size, m_max))
             wmat[uinv, col] = w
-            bounds = np.searchsorted(ucomb, np.arange(len(missing) + 1, dtype=np.int64) * g).tolist()
-            uids = ucomb % g
             offset = self._pool_len.size
             self._pool_norm = np.concatenate([self._pool_norm, nrm])
             self._pool_len = np.concatenate([self._pool_len, rlen])
+            pool_w = self._pool_w
+            if pool_w.shape[1] < m_max:
+                pool_w = np.pad(pool_w, ((0, 0), (0, m_max - pool_w.shape[1])))
+            # new entries have larger indices, so the concatenation stays sorted
+            self._pool_keys = np.concatenate([self._pool_keys, ucomb])
+            self._pool_w = np.concatenate([pool_w, wmat])
             starts = (first_ref + offset).tolist()
             for i, r in enumerate(missing):
-                a, b = bounds[i], bounds[i + 1]
-                m = len(r)
-                cache[r] = _RefEntry(uids[a:b], wmat[a:b, :m] if m < m_max else wmat[a:b], starts[i])
+                cache[r] = _RefEntry(first_entry + i, starts[i], len(r))
         return [cache[t] for t in ref_tuples]
 
     # ------------------------------------------------------------------ scoring
@@ -373,14 +381,9 @@ class CiderD(BaseReward):
         norm_h = norm_u[inv]
         len_h = len_u[inv]
 
-        # references of each candidate, concatenated in candidate order (keys stay sorted)
-        m_max = max(e.m for e in entries)
-        sizes = np.fromiter((e.ids.size for e in entries), dtype=np.int64, count=b)
-        rkeys = np.concatenate([e.ids for e in entries]) + np.repeat(np.arange(b, dtype=np.int64) * g, sizes)
-        if all(e.m == m_max for e in entries):
-            rw = np.concatenate([e.weights for e in entries])
-        else:
-            rw = np.concatenate([np.pad(e.weights, ((0, 0), (0, m_max - e.m))) for e in entries])
+        # references of each candidate: rows of the pools
+        m_max = self._pool_w.shape[1]
+        eidx = np.fromiter((e.index for e in entries), dtype=np.int64, count=b)
         starts = np.fromiter((e.start for e in entries), dtype=np.int64, count=b)
         n_refs = np.fromiter((e.m for e in entries), dtype=np.int64, count=b)
         rows = starts[:, None] + np.arange(m_max, dtype=np.int64)[None, :]
@@ -391,13 +394,14 @@ class CiderD(BaseReward):
 
         # clipped dot products: candidate n-grams that occur in the image's references
         val = np.zeros((b * n, m_max))
-        if rkeys.size:
-            hk = cand[known] * g + d[known]
-            pos = np.minimum(np.searchsorted(rkeys, hk), rkeys.size - 1)
-            hit = rkeys[pos] == hk
-            rows = rw[pos[hit]]
+        pool = self._pool_keys
+        if pool.size:
+            hk = (eidx[cand[known]] << _ENTRY_SHIFT) | d[known]
+            pos = np.minimum(np.searchsorted(pool, hk), pool.size - 1)
+            hit = pool[pos] == hk
+            rw = self._pool_w[pos[hit]]
             wh = w[known][hit]
-            contrib = np.minimum(wh[:, None], rows) * rows
+            contrib = np.minimum(wh[:, None], rw) * rw
             s = slot[known][hit]
             for j in range(m_max):
                 val[:, j] = np.bincount(s, weights=contrib[:, j], minlength=b * n)

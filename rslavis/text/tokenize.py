@@ -78,6 +78,7 @@ _ABBREV = frozenset(
 )
 _SPLIT_WORDS = {"cannot": ["can", "not"], "gonna": ["gon", "na"], "gotta": ["got", "ta"],
                 "wanna": ["wan", "na"], "gimme": ["gim", "me"], "lemme": ["lem", "me"]}
+_SPLIT_SET = frozenset(_SPLIT_WORDS)
 _PTB_RE = re.compile(
     r"""
     (?P<url>https?://\S+|www\.\S+)
@@ -98,7 +99,6 @@ _PTB_RE = re.compile(
     """,
     re.VERBOSE,
 )
-_FAST_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 ")
 
 
 def _ptb_slow(text):
@@ -139,6 +139,28 @@ def _ptb_slow(text):
     return out
 
 
+def _ptb_fast(t):
+    """Tokens of a lower-cased caption made of ASCII letters, digits and spaces, with "."
+    and "," standing alone or ending a word; None when anything else needs the full rules."""
+    u = t.replace(" .", " ").replace(", ", " ")
+    if " ," in u:
+        u = u.replace(" ,", " ")
+    last = u[-1:]
+    if last == "," or last == ".":
+        u = u[:-1]
+        if last == ".":
+            end = u.rsplit(None, 1)[-1] if u.strip() else ""
+            if len(end) < 2 or not end.isalpha() or end in _ABBREV or end == "no":
+                return None
+    v = u.replace(" ", "")
+    if not (v.isalnum() and v.isascii()) and v:
+        return None
+    toks = u.split()
+    if not _SPLIT_SET.isdisjoint(toks):
+        return None
+    return toks
+
+
 def ptb_tokenize(text):
     """PTB tokens of ``text`` after pycocoevalcap's punctuation filter (see module docstring)."""
     if text is None:
@@ -146,26 +168,21 @@ def ptb_tokenize(text):
     if not isinstance(text, str):
         text = str(text)
     t = text.lower()
-    # Fast path: letters, digits and spaces, with "." and "," only at word ends.
-    toks = t.replace(" .", " ").replace(" ,", " ").split()
-    simple = True
-    res = []
-    for w in toks:
-        if w.isalnum() and w.isascii() and w not in _SPLIT_WORDS:
-            res.append(w)
-            continue
-        last = w[-1]
-        core = w[:-1]
-        if last in ".," and core.isalpha() and core.isascii() and (last == "," or (len(core) > 1 and core not in _ABBREV and core != "no")):
-            res.append(core)
-            continue
-        simple = False
-        break
-    if simple:
-        return res
-    return _ptb_slow(t.translate(_NORMALISE))
+    toks = _ptb_fast(t)
+    if toks is None:
+        toks = _ptb_slow(t.translate(_NORMALISE))
+    return toks
 
 
 def ptb_tokenize_batch(texts):
     """:func:`ptb_tokenize` over a list."""
-    return [ptb_tokenize(t) for t in texts]
+    out = []
+    append = out.append
+    for text in texts:
+        if isinstance(text, str):
+            t = text.lower()
+            toks = _ptb_fast(t)
+            append(toks if toks is not None else _ptb_slow(t.translate(_NORMALISE)))
+        else:
+            append(ptb_tokenize(text))
+    return out

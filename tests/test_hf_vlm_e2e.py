@@ -68,3 +68,73 @@ def test_real_weight_projects_fail_clearly_without_weights(project, tmp_path):
     assert cfg.model.arch == "hf_vlm" and "Qwen2.5-VL" in (ROOT / "projects" / "hf_vlm" / project).read_text()
     with pytest.raises(ConfigError, match="model.pretrained: directory not found.*nothing is downloaded"):
         registry.get_model_class(cfg.model.arch).from_config(cfg.model)
+
+
+GRPO = [*SMALL, "run.max_epoch=2", "run.grpo_start_epoch=1", "run.grpo_group_size=2", "run.grpo_max_len=6", "run.val_freq=1",
+        "run.test_splits=[]", "run.rewards.varentropy.weight=1.0", "run.rewards.varentropy.lam=1.0e-3"]
+GRPO_KEYS = {"grpo/reward", "grpo/reward_std", "grpo/reward/cider", "grpo/reward_std/cider", "grpo/reward/count", "grpo/reward_std/count",
+             "grpo/kl", "grpo/clip_fraction", "grpo/entropy", "grpo/varentropy", "grpo/advantage_abs", "grpo/pass"}
+
+
+@pytest.fixture(scope="module")
+def grpo_runs(tmp_path_factory):
+    """Epoch 0 cross-entropy, epochs 1-2 GRPO with mu = 2 and a KL reference; constant lr so a shorter run is a prefix."""
+    tmp = tmp_path_factory.mktemp("grpo")
+    opts = (*GRPO, "run.grpo_mu=2", "run.grpo_beta=0.05", "run.lr_sched=constant_lr")
+    out = train("synthetic_grpo.yaml", tmp, *opts, "run.max_epoch=3", "run.job_id=whole")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp, opts
+
+
+def test_grpo_project_cross_entropy_then_grpo(grpo_runs):
+    tmp, _ = grpo_runs
+    records = [r for r in log(tmp / "out" / "whole") if "loss" in r]
+    ce = [r for r in records if r["epoch"] == 0]
+    rl = [r for r in records if r["epoch"] >= 1]
+    assert ce and rl and not any("grpo/reward" in r for r in ce)
+    for r in rl:
+        assert GRPO_KEYS <= set(r), GRPO_KEYS - set(r)
+    assert [r["grpo/pass"] for r in rl][:2] == [1.0, 2.0]  # mu = 2: the second step re-scores the first step's answers
+
+
+def test_grpo_resume_is_exact(grpo_runs):
+    """A run stopped after the first GRPO epoch and resumed ends with the uninterrupted run's weights."""
+    import torch
+
+    from rslavis.common.checkpoint import load_checkpoint
+
+    tmp, opts = grpo_runs
+    out = train("synthetic_grpo.yaml", tmp, *opts, "run.max_epoch=2", "run.job_id=part")
+    assert out.returncode == 0, out.stderr[-3000:]
+    part = tmp / "out" / "part" / "checkpoint_latest.pth"
+    assert "ref" in load_checkpoint(part)["task"]  # the reference policy travels with the checkpoint
+    out = run_python(["-m", "rslavis.train", "--cfg-path", str(ROOT / "projects" / "hf_vlm" / "synthetic_grpo.yaml"), "--resume", str(part),
+                      "--options", f"run.output_dir={tmp / 'out'}", f"datasets.rs_synthetic.build_info.cache_dir={tmp / 'cache'}",
+                      *opts, "run.max_epoch=3", "run.job_id=part"], env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = load_checkpoint(tmp / "out" / "whole" / "checkpoint_latest.pth")["model"]
+    b = load_checkpoint(tmp / "out" / "part" / "checkpoint_latest.pth")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def ce_llava(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ce")
+    out = train("synthetic_caption_llava.yaml", tmp, *SMALL, "run.max_epoch=1", "run.test_splits=[]", "run.job_id=ce")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "out" / "ce" / "checkpoint_best.pth"
+
+
+@pytest.mark.parametrize("task", ["scst", "grpo"])
+def test_rl_from_cross_entropy_checkpoint(task, tmp_path, ce_llava):
+    """model.finetuned: SCST and GRPO start from a cross-entropy run of hf_vlm (its processor beside the checkpoint)."""
+    ckpt = ce_llava
+    if task == "scst":  # the caption project with the SCST keys
+        project, rl = "synthetic_caption_llava.yaml", ["run.task=scst", "run.scst_start_epoch=0", "run.scst_num_samples=2", "run.scst_baseline=mean",
+                                                       "run.scst_max_len=6", "run.scst_reward_parser=rules", "run.rewards={cider: 1.0, count: 0.5}"]
+    else:
+        project, rl = "synthetic_grpo.yaml", ["run.grpo_start_epoch=0", "run.grpo_group_size=2", "run.grpo_max_len=6", "model.family=llava"]
+    out = train(project, tmp_path, *SMALL, "run.max_epoch=1", "run.test_splits=[]", *rl, f"model.finetuned={ckpt}", "run.job_id=rl")
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [r for r in log(tmp_path / "out" / "rl") if "loss" in r]
+    assert records and all(f"{task}/reward" in r for r in records)

@@ -37,6 +37,7 @@ BUILTINS = {
         "vqa": "rslavis.tasks.vqa",
         "scst": "rslavis.tasks.scst",
         "preference": "rslavis.tasks.preference",
+        "grpo": "rslavis.tasks.grpo",
     },
     "processor": {
         "rs_image_train": "rslavis.processors.image_processors",

@@ -51,6 +51,12 @@ def list_images(folder, recursive=False):
     found = sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not found:
         raise DataError(f"--images {folder}: no images (.tif .tiff .jpg .jpeg .png){' in it or its sub-folders' if recursive else ''}.")
+    ids = {}
+    for p in found:  # the id drops the extension: a.png and a.jpg would be scored as one image
+        i = str(p.relative_to(root).with_suffix(""))
+        if i in ids:
+            raise DataError(f"--images {folder}: {ids[i].name} and {p.name} would both get image_id {i!r}; rename or move one of them.")
+        ids[i] = p
     return root, found
 
 
@@ -167,6 +173,8 @@ def run(args):
         "num_beams": args.num_beams or run_cfg.get("num_beams") or 1,
     }
     results, skipped = caption_images(model, files, root, image_processor(model, cfg), args.batch_size, gen)
+    if not results:
+        raise DataError(f"--images {args.images}: none of its {len(files)} images could be read (first: {skipped[0][1]}); nothing was captioned.")
     text = json.dumps(results, indent=2)
     if args.out:
         from rslavis.common.checkpoint import atomic_write_text

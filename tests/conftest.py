@@ -46,3 +46,7 @@ def run_python(args, cwd=None, env=None, timeout=600):
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env or {})
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test of a minute or more; part of the suite (deselect with -m 'not slow')")

@@ -62,6 +62,8 @@ RUN_SCHEMA = {
     "dist_url": str,
     "distributed": bool,
     "grad_clip": float,
+    "min_scored_fraction": float,  # a test split scored on fewer of its items fails (default 1.0)
+    "nonfinite_rewards": str,  # error | skip: a NaN/inf reward stops the run or drops the sample
     # task keys
     "max_len": int,
     "min_len": int,
@@ -71,6 +73,30 @@ RUN_SCHEMA = {
     "prompt": str,
     "report_metric": bool,
     "metrics": _ANY,
+}
+
+# run key -> (lowest valid value, whether it is excluded, highest valid value or None, what it is).
+# Zero or negative sizes, rates and frequencies fail at load time, not after an epoch.
+RUN_RANGES = {
+    "init_lr": (0, True, None, "a learning rate"),
+    "min_lr": (0, False, None, "a learning rate"),
+    "warmup_lr": (0, False, None, "a learning rate"),
+    "warmup_steps": (0, False, None, "a number of steps"),
+    "lr_decay_rate": (0, True, None, "a decay factor"),
+    "weight_decay": (0, False, None, "a weight decay"),
+    "beta2": (0, False, 1, "Adam's beta2"),
+    "max_epoch": (0, False, None, "a number of epochs (0: evaluate only)"),
+    "iters_per_epoch": (0, True, None, "a number of steps"),
+    "batch_size_train": (0, True, None, "a batch size"),
+    "batch_size_eval": (0, True, None, "a batch size"),
+    "num_workers": (0, False, None, "a number of DataLoader workers"),
+    "accum_grad_iters": (0, True, None, "a number of batches"),
+    "log_freq": (0, True, None, "a frequency in steps"),
+    "val_freq": (0, True, None, "a frequency in epochs"),
+    "save_freq": (0, True, None, "a frequency in epochs"),
+    "grad_clip": (0, True, None, "a gradient norm"),
+    "world_size": (0, True, None, "a number of processes"),
+    "min_scored_fraction": (0, False, 1, "a fraction of a split's items"),
 }
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
@@ -128,6 +154,31 @@ def parse_options(options):
         raise ConfigError(f"--options {' '.join(options)}: cannot be parsed: {exc}") from None
 
 
+def mapping_option_keys(options, opts):
+    """Keys of ``--options`` whose value is a mapping (``run.rewards={cider: 1.0}``): such a value
+    replaces the project's mapping instead of merging into it, so a command line can drop entries."""
+    OmegaConf = _omegaconf()
+    keys = []
+    for opt in options or ():
+        key = opt.split("=", 1)[0].strip()
+        if OmegaConf.is_dict(OmegaConf.select(opts, key, default=None)) and opt.split("=", 1)[1].lstrip().startswith("{"):
+            keys.append(key)
+    return keys
+
+
+def _resolve_all(cfg, source):
+    """Resolve every ``${...}`` once, so a bad interpolation is a ConfigError here, not a traceback later."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        _omegaconf().to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        msg = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{source}: {key}: cannot resolve the interpolation ({msg}); write ${{section.key}} with a key that exists, "
+                          "e.g. ${run.output_dir}.") from None
+
+
 def _check_sections(cfg, source):
     for key in cfg.keys():
         if key not in SECTIONS:
@@ -174,6 +225,13 @@ def validate_run(run_cfg, schema, source_of):
                 f"{source_of('run', key)}: run.{key} must be {_TYPE_NAMES.get(expected, expected)}, "
                 f"got {value!r} ({type(value).__name__})."
             )
+        if key in RUN_RANGES and value is not None:
+            low, open_low, high, what = RUN_RANGES[key]
+            if value < low or (open_low and value == low) or (high is not None and value > high):
+                valid = f"> {low}" if open_low else f">= {low}"
+                if high is not None:
+                    valid = f"between {low} and {high}"
+                raise ConfigError(f"{source_of('run', key)}: run.{key} is {value!r}; {what} must be {valid}.")
 
 
 class Config:
@@ -209,7 +267,7 @@ class Config:
         _check_sections(project, source)
         opts = parse_options(options)
         _check_sections(opts, "--options")
-        return cls(build_config(project, opts, source), cfg_path)
+        return cls(build_config(project, opts, source, replace=mapping_option_keys(options, opts)), cfg_path)
 
     @classmethod
     def from_dict(cls, data, options=None, source="<dict>"):
@@ -217,13 +275,19 @@ class Config:
         project = OmegaConf.create(data)
         _check_sections(project, source)
         opts = parse_options(options)
-        return cls(build_config(project, opts, source))
+        return cls(build_config(project, opts, source, replace=mapping_option_keys(options, opts)))
 
 
-def build_config(project, opts, source):
-    """Merge defaults < project < options (see module docstring) and validate."""
+def build_config(project, opts, source, replace=()):
+    """Merge defaults < project < options (see module docstring) and validate.
+
+    ``replace``: dotted keys of ``opts`` whose mapping replaces the project's (not merges into it);
+    the default YAMLs still fill keys the mapping leaves out.
+    """
     OmegaConf = _omegaconf()
     user = OmegaConf.merge(project, opts)
+    for key in replace:
+        OmegaConf.update(user, key, OmegaConf.select(opts, key), merge=False)
 
     def source_of(section, key):
         node = opts.get(section)
@@ -250,6 +314,9 @@ def build_config(project, opts, source):
             parts.append(load_yaml(default_path, f"default config of model {model.arch!r}"))
 
     datasets = user.get("datasets")
+    if "datasets" in user and (datasets is None or (OmegaConf.is_dict(datasets) and len(datasets) == 0)):
+        raise ConfigError(f"{source_of('datasets', '')}: 'datasets' is empty; name at least one dataset, e.g. "
+                          f"datasets: {{rs_synthetic: {{}}}} (registered: {', '.join(registry.list_builders())}).")
     if datasets is not None:
         if not OmegaConf.is_dict(datasets):
             raise ConfigError(f"{source}: 'datasets' must map dataset names to their settings.")
@@ -265,6 +332,7 @@ def build_config(project, opts, source):
         for n in [n for n, d in datasets.items() if d is None]:
             user.datasets[n] = {}
     merged = OmegaConf.merge(*parts, user)
+    _resolve_all(merged, source)
     for section in ("model", "datasets", "run"):
         if section not in merged:
             merged[section] = {}

@@ -134,6 +134,16 @@ class Registry:
                     f"Plugin module {mod!r} (listed under 'plugins:') cannot be imported: {exc}. "
                     "Install its package or fix the module path."
                 ) from exc
+            except RslavisError:
+                raise
+            except Exception as exc:  # the plugin's own code failed while importing: name it and where
+                import traceback
+
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                raise RslavisError(
+                    f"Plugin module {mod!r} (listed under 'plugins:') raised {type(exc).__name__} while importing, "
+                    f"at {frame.filename}:{frame.lineno}: {exc}. Fix the plugin (--debug shows the traceback)."
+                ) from exc
 
     # ------------------------------------------------------------------ looking up
     def get(self, kind, name):

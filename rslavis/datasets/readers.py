@@ -68,6 +68,26 @@ def _field(item, key, path, layout, index):
         raise DataError(f"{path}: entry {index} has no {key!r} field; expected {layout}.") from None
 
 
+def _text(value, path, index, key, what="entry"):
+    """A caption/answer string; null, a number or a list is a DataError (``str(None)`` would train on "None")."""
+    if isinstance(value, str):
+        return value.strip()
+    raise DataError(f"{path}: {what} {index}: {key!r} is {value!r:.60} ({type(value).__name__}); it must be a string.")
+
+
+def check_unique_ids(records, path, key="image_id"):
+    """A DataError naming the first id that two records share (one would silently merge into the other)."""
+    seen = {}
+    for n, r in enumerate(records):
+        i = r[key]
+        if i in seen:
+            a, b = records[seen[i]], r
+            where = f" ({a.get('filename', a.get('image'))} and {b.get('filename', b.get('image'))})" if "image" in r else ""
+            raise DataError(f"{path}: {key} {i!r} is used by records {seen[i]} and {n}{where}; ids must be unique.")
+        seen[i] = n
+    return records
+
+
 # ---------------------------------------------------------------------- captions
 KARPATHY_LAYOUT = '{"images": [{"filename", "imgid", "split", "sentences": [{"raw", "tokens"}]}]} (Karpathy dataset.json)'
 
@@ -90,10 +110,17 @@ def read_karpathy(path, image_root, caption_field="raw", split_map=None):
     for n, im in enumerate(images):
         filename = _field(im, "filename", path, KARPATHY_LAYOUT, n)
         sentences = _field(im, "sentences", path, KARPATHY_LAYOUT, n)
+        if not isinstance(sentences, list):
+            raise DataError(f"{path}: image {n} ({filename}): 'sentences' must be a list; expected {KARPATHY_LAYOUT}.")
         if caption_field == "raw":
-            captions = [s["raw"].strip() for s in sentences]
+            captions = [_text(_field(s, "raw", path, KARPATHY_LAYOUT, n), path, f"{n} ({filename})", "raw", "image") for s in sentences]
         else:
-            captions = [" ".join(s["tokens"]) for s in sentences]
+            captions = []
+            for s in sentences:
+                toks = _field(s, "tokens", path, KARPATHY_LAYOUT, n)
+                if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
+                    raise DataError(f"{path}: image {n} ({filename}): 'tokens' must be a list of strings, got {toks!r:.60}.")
+                captions.append(" ".join(toks))
         split = im.get("split", "train")
         split = split_map.get(split, split)
         image_id = im.get("imgid", im.get("cocoid", n))
@@ -101,6 +128,8 @@ def read_karpathy(path, image_root, caption_field="raw", split_map=None):
         if "label" in im:
             record["label"] = im["label"]
         out.setdefault(split, []).append(record)
+    for recs in out.values():
+        check_unique_ids(recs, path)
     return out
 
 
@@ -119,13 +148,19 @@ def read_coco_captions(path, image_root, file_name_pattern=None):
         raise DataError(f"{path}: no 'annotations' list; expected {COCO_LAYOUT}.")
     captions = {}
     for n, ann in enumerate(data["annotations"]):
-        captions.setdefault(_field(ann, "image_id", path, COCO_LAYOUT, n), []).append(str(_field(ann, "caption", path, COCO_LAYOUT, n)).strip())
+        captions.setdefault(_field(ann, "image_id", path, COCO_LAYOUT, n), []).append(
+            _text(_field(ann, "caption", path, COCO_LAYOUT, n), path, n, "caption", "annotation"))
     images = data.get("images")
     if not isinstance(images, list):
         images = [{"id": i} for i in captions]
     records = []
+    first = {}
     for n, im in enumerate(images):
         image_id = _field(im, "id", path, COCO_LAYOUT, n)
+        if image_id in first:
+            raise DataError(f"{path}: images {first[image_id]} and {n} have the same id {image_id!r}; ids must be unique "
+                            "(their captions cannot be told apart).")
+        first[image_id] = n
         if image_id not in captions:
             continue
         name = im.get("file_name")
@@ -160,12 +195,12 @@ def read_rsicap(path, image_root):
             {
                 "image_id": str(a.get("image_id", Path(filename).stem)),
                 "image": _join(image_root, filename),
-                "captions": [str(_field(a, "text_output", path, RSICAP_LAYOUT, n)).strip()],
+                "captions": [_text(_field(a, "text_output", path, RSICAP_LAYOUT, n), path, n, "text_output", "annotation")],
                 "prompt": str(a.get("text_input") or ""),
                 "filename": filename,
             }
         )
-    return records
+    return check_unique_ids(records, path)
 
 
 RSIEVAL_LAYOUT = '{"annotations": [{"filename", "caption", "qa_pairs": [{"question", "answer", "type"}]}]} (RSIEval annotations.json)'
@@ -183,8 +218,8 @@ def read_rsieval(path, image_root):
         filename = _field(a, "filename", path, RSIEVAL_LAYOUT, n)
         image_id = Path(filename).stem
         image = _join(image_root, filename)
-        if a.get("caption"):
-            captions.append({"image_id": image_id, "image": image, "captions": [str(a["caption"]).strip()], "filename": filename})
+        if a.get("caption") is not None:
+            captions.append({"image_id": image_id, "image": image, "captions": [_text(a["caption"], path, n, "caption", "annotation")], "filename": filename})
         for k, qa in enumerate(a.get("qa_pairs") or []):
             questions.append(
                 {
@@ -196,7 +231,7 @@ def read_rsieval(path, image_root):
                     "question_type": qa.get("type") or "",
                 }
             )
-    return captions, questions
+    return check_unique_ids(captions, path), questions
 
 
 # ---------------------------------------------------------------------- VRSBench
@@ -224,7 +259,7 @@ def read_vrsbench_eval(path, image_root, image_ext=".png"):
             {
                 "image_id": Path(name).stem,
                 "image": _join(image_root, name),
-                "ground_truth": str(_field(r, "ground_truth", path, VRSBENCH_EVAL_LAYOUT, n)).strip(),
+                "ground_truth": _text(_field(r, "ground_truth", path, VRSBENCH_EVAL_LAYOUT, n), path, n, "ground_truth", "record"),
                 "question": str(r.get("question") or ""),
                 "question_id": r.get("question_id", n),
                 "type": r.get("type") or "",

@@ -72,18 +72,42 @@ def _quiet_fds():
             os.close(old)
 
 
+def _ptb_tokenize(captions_for_image):
+    """pycocoevalcap's ``PTBTokenizer().tokenize``, same command, jar and punctuation list, except that
+    its input file goes to the system temporary folder: the original writes it next to the jar,
+    inside site-packages, which fails for a user who does not own the installation."""
+    import subprocess
+    import tempfile
+
+    from pycocoevalcap.tokenizer import ptbtokenizer as ptb
+
+    jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
+    image_id = [k for k, v in captions_for_image.items() for _ in range(len(v))]
+    sentences = "\n".join(c["caption"].replace("\n", " ") for v in captions_for_image.values() for c in v)
+    fd, tmp = tempfile.mkstemp(prefix="rslavis-ptb-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(sentences.encode())
+        cmd = ["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", tmp]
+        lines = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True).stdout.decode().split("\n")
+    finally:
+        os.unlink(tmp)
+    out = {}
+    for k, line in zip(image_id, lines):
+        out.setdefault(k, []).append(" ".join(w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS))
+    return out
+
+
 def tokenize(captions_by_id):
     """``{id: [caption, ...]}`` to tokenized strings, PTB (Java) when available."""
     if java_available():
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
         data = {k: [{"caption": c} for c in v] for k, v in captions_by_id.items()}
         import sys
 
         sys.stdout.flush()
         sys.stderr.flush()
         with _quiet_fds(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return PTBTokenizer().tokenize(data)
+            return _ptb_tokenize(data)
     _warn_once("ptb", "Java not found: using a pure-Python tokenizer instead of the PTB tokenizer.")
     return {k: [simple_tokenize(c) for c in v] for k, v in captions_by_id.items()}
 

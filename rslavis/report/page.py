@@ -138,6 +138,12 @@ def metrics_section(splits):
     rows = [[k, *[by[n].get(k, "") for n in names]] for k in keys]
     epochs = ", ".join(f"{n}: epoch {by[n]['epoch']}" for n in names if "epoch" in by[n])
     out = '<h2 id="metrics">Metrics</h2>' + H.table(["metric", *names], rows, num_cols=range(1, len(names) + 1))
+    scored = [(n, by[n]["n_scored"], by[n]["n_expected"]) for n in names if "n_scored" in by[n] and "n_expected" in by[n]]
+    if scored:  # a split scored on part of its items must not read as the split's result
+        partial = any(k < m for _, k, m in scored)
+        out += (f'<p class="{"warn" if partial else "sub"}">Scored: '
+                + H.esc(", ".join(f"{n}: {k} of {m} items" for n, k, m in scored))
+                + (" (partial: the other items had unreadable images)." if partial else ".") + "</p>")
     out += (f'<p class="sub">{H.esc(epochs)}. SDE, oversight/hallucination rates and count errors come from '
             "<code>rslavis.metrics.object_metrics</code> on the split's predictions when the run did not log them.</p>")
     for s in splits:

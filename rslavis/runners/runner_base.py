@@ -28,7 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Rand
 
 from rslavis.common import dist_utils
 from rslavis.common.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint, rng_state, seed_everything, set_rng_state
-from rslavis.common.errors import ConfigError, RslavisError
+from rslavis.common.errors import ConfigError, DataError, RslavisError
 from rslavis.common.logger import RunLogger, progress
 from rslavis.common.registry import registry
 from rslavis.datasets.image_io import skipped_images
@@ -81,6 +81,9 @@ class RunnerBase:
 
             self.lock = JobLock(self.output_dir).acquire()  # before anything is written into the folder
             atexit.register(self.lock.release)
+            for tmp in [*self.output_dir.glob(".*.tmp"), *self.result_dir.glob(".*.tmp")]:
+                if not tmp.name.startswith(".lock."):  # a write cut short by a kill: never read, now removed
+                    tmp.unlink(missing_ok=True)
             self.result_dir.mkdir(parents=True, exist_ok=True)
         self._model = model.to(self.device)
         self._wrapped = None
@@ -206,9 +209,19 @@ class RunnerBase:
         self.unwrapped.load_state_dict(ckpt["model"])
 
     # ------------------------------------------------------------------ train / eval
+    def _warn_missing_splits(self):
+        run = self.run_cfg
+        for key in ("valid_splits", "test_splits"):
+            missing = [s for s in (run.get(key) or []) if not self._split_datasets(s)]
+            if missing:
+                logger.warning("run.%s %s: no configured dataset has %s, so %s not evaluated (available: %s); set run.%s to the splits you have.",
+                               key, missing, "this split" if len(missing) == 1 else "these splits", "it is" if len(missing) == 1 else "they are",
+                               sorted({s for splits in self.datasets.values() for s in splits}), key)
+
     def train(self):
         run = self.run_cfg
         seed_everything(self.seed)
+        self._warn_missing_splits()
         if self.is_main:
             atomic_write_text(self.cfg.to_yaml(), self.output_dir / "config.yaml")
         self.unwrapped.prepare_for_training(self.datasets, self.output_dir)
@@ -297,6 +310,7 @@ class RunnerBase:
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.time()
         skipped_before = skipped_images(loader.dataset)
+        trained = 0
         it = iter(loader)
         bar = progress(range(iters), desc=f"epoch {epoch}", disable=not self.is_main)
         for i in bar:
@@ -309,6 +323,7 @@ class RunnerBase:
             if not samples:  # every image of the batch was unreadable (skipped and counted)
                 self.global_step += 1
                 continue
+            trained += 1
             samples = self._to_device(samples)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 out = self.task.train_step(model, samples)
@@ -337,12 +352,38 @@ class RunnerBase:
                     if k != "loss" and isinstance(v, (int, float, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1):
                         record[k] = float(v)
                 self.log.log(record, step=self.global_step)
+        if not trained:
+            files = getattr(getattr(loader.dataset, "skip_counter", None), "files", [])[:3]
+            raise DataError(f"run.train_splits {list(run.train_splits)}: no batch of epoch {epoch} had a readable image"
+                            f"{' (e.g. ' + ', '.join(files) + ')' if files else ''}; check the dataset's images folder (build_info).")
 
     def _to_device(self, samples):
         return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in samples.items()}
 
+    def _check_scored(self, split_name, dataset, n_scored, n_expected, tag):
+        """Fail (test) or warn (val) when fewer than ``run.min_scored_fraction`` of the split's items were scored."""
+        if n_scored >= n_expected:
+            return
+        fraction = self.run_cfg.get("min_scored_fraction")
+        fraction = 1.0 if fraction is None else float(fraction)
+        if n_expected and n_scored / n_expected >= fraction:
+            return
+        files = getattr(getattr(dataset, "skip_counter", None), "files", [])[:3]
+        msg = (f"{split_name}: scored {n_scored} of {n_expected} items ({n_expected - n_scored} with unreadable images"
+               f"{', e.g. ' + ', '.join(files) if files else ''}), below run.min_scored_fraction {fraction}; "
+               f"metrics_{split_name}.json records n_scored/n_expected")
+        if tag == "test":
+            raise DataError(msg + ": fix or remove those images, or lower run.min_scored_fraction to accept a partial score.")
+        logger.warning("%s.", msg)
+
     def evaluate_split(self, split, epoch, tag):
-        """``{split_name: metrics}`` for every dataset having ``split``; rank 0 computes and writes."""
+        """``{split_name: metrics}`` for every dataset having ``split``; rank 0 computes and writes.
+
+        ``metrics_<split>.json`` holds ``n_scored`` (items with a prediction) and ``n_expected``
+        (items of the split); a split with no readable image is an error, and one scored on
+        fewer than ``run.min_scored_fraction`` (default 1.0) of its items fails a test split
+        and warns for a validation split.
+        """
         all_metrics = {}
         for name, dataset in self._split_datasets(split).items():
             split_name = self._split_name(name, split)
@@ -350,6 +391,7 @@ class RunnerBase:
             results = self.task.evaluation(self.unwrapped, self._device_loader(loader), split_name)
             gathered = dist_utils.all_gather_object(results)
             metrics = None
+            error = None
             if self.is_main:
                 merged, seen = [], set()
                 for part in gathered:
@@ -358,12 +400,24 @@ class RunnerBase:
                         if key not in seen:
                             seen.add(key)
                             merged.append(r)
+                n_expected = len(dataset)
+                if not merged and n_expected:
+                    files = getattr(getattr(dataset, "skip_counter", None), "files", [])[:3]
+                    raise DataError(f"{split_name}: none of its {n_expected} items has a readable image"
+                                    f"{' (e.g. ' + ', '.join(files) + ')' if files else ''}; check the dataset's images folder (build_info).")
                 metrics = self.task.after_evaluation(merged, split_name, epoch, dataset, self.result_dir)
-                metrics = {k: float(v) for k, v in metrics.items()}
+                metrics = {k: (None if v is None else float(v)) for k, v in metrics.items()}
+                metrics["n_scored"], metrics["n_expected"] = len(merged), n_expected
                 atomic_write_json({"epoch": epoch, **metrics}, self.output_dir / f"metrics_{split_name}.json", indent=2)
                 self.log.log({"epoch": epoch, "split": split_name, **metrics}, step=self.global_step, prefix=split_name)
-                logger.info("%s epoch %d: %s", split_name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            metrics = dist_utils.broadcast_object(metrics)
+                logger.info("%s epoch %d: %s", split_name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+                try:
+                    self._check_scored(split_name, dataset, len(merged), n_expected, tag)
+                except DataError as exc:
+                    error = str(exc)
+            metrics, error = dist_utils.broadcast_object((metrics, error))
+            if error:
+                raise DataError(error)
             all_metrics[split_name] = metrics
         return all_metrics
 

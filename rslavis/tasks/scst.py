@@ -106,7 +106,6 @@ class SCSTTask(CaptionTask):
         "scst_min_len": int,
         "scst_reward_parser": object,  # parser name or mapping for sde/count
         "rewards": object,  # mapping name -> weight or {weight, normalize, options}
-        "nonfinite_rewards": str,  # error | skip
     }
 
     def __init__(self, cfg):

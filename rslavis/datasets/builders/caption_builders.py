@@ -169,7 +169,8 @@ class VRSBenchCaptionBuilder(CaptionBuilder):
             paths.append(ann)
             if split == "train":
                 raw = readers.read_vrsbench_train(ann, images, ext)
-                recs = [{"image_id": r["image_id"], "image": r["image"], "captions": [str(r["caption"]).strip()]} for r in raw if r.get("caption")]
+                recs = [{"image_id": r["image_id"], "image": r["image"], "captions": [readers._text(r["caption"], ann, n, "caption", "record")]}
+                        for n, r in enumerate(raw) if "caption" in r]
             else:
                 by_image = {}
                 for r in readers.read_vrsbench_eval(ann, images, ext):

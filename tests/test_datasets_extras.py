@@ -93,14 +93,39 @@ def test_count_dict_needs_a_source(tmp_path):
 
 
 # ---------------------------------------------------------------------- confounded split
-def test_default_synthetic_settings_unchanged():
-    """The demo's README numbers depend on the default scenes: their settings hash must not move."""
-    import hashlib
+def test_default_synthetic_scenes_are_what_the_readme_describes():
+    """The default YAML gives 1,500 / 100 / 200 scenes of 64x64; scenes are deterministic in
+    their seed, splits differ, and every caption states each object's true count."""
+    from pathlib import Path
 
-    from rslavis.datasets.builders.synthetic import generation_settings
+    from omegaconf import OmegaConf
 
-    s = generation_settings({"sizes": {"train": 1500, "val": 100, "test": 200}})
-    assert hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12] == "13ba024d6634"
+    import rslavis
+    from rslavis.datasets.builders.synthetic import SPLIT_SEEDS, generation_settings
+    from rslavis.datasets.synthetic.scenes import OBJECTS, generate_split
+    from rslavis.text import build_parser
+
+    yaml = Path(rslavis.__file__).parent / "configs" / "datasets" / "rs_synthetic" / "defaults.yaml"
+    s = generation_settings(OmegaConf.load(yaml).datasets.rs_synthetic.build_info)
+    assert s["sizes"] == {"train": 1500, "val": 100, "test": 200} and s["image_size"] == 64
+    args = (s["image_size"], s["captions_per_image"], s["max_kinds"], s["max_count"])
+    train = generate_split(25, s["seed"] * 1000 + SPLIT_SEEDS["train"], *args)
+    again = generate_split(25, s["seed"] * 1000 + SPLIT_SEEDS["train"], *args)
+    val = generate_split(25, s["seed"] * 1000 + SPLIT_SEEDS["val"], *args)
+    parser = build_parser("rules")
+    table = parser.table
+    assert not any((a[0] == b[0]).all() for a, b in zip(train, val))
+    for (img, meta), (img2, meta2) in zip(train, again):
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and (img == img2).all() and meta == meta2
+        counts = meta["count_dict"]
+        assert 1 <= len(counts) <= s["max_kinds"] and all(1 <= c <= s["max_count"] for c in counts.values())
+        assert len(meta["captions"]) == s["captions_per_image"]
+        for cap in meta["captions"]:
+            parsed = parser.parse(cap)
+            for obj, n in counts.items():
+                names = {table.canonical(v) for pair in OBJECTS[obj] for v in pair}  # "houses" for buildings
+                said = [v for h, v in parsed.items() if h in names]
+                assert said == [n], (cap, counts, parsed)
 
 
 def test_confounded_split_properties(tmp_path):

@@ -1,19 +1,27 @@
-"""Throughput of every registered reward on 5,000 RSICD candidates (captions per second).
+"""Throughput of every registered reward on RSICD candidates (captions per second), each
+reward timed alone in its own process.
 
-Candidates are captions of other images with the same scene label, references the
-image's 5 captions. Each reward is timed twice: a first call (parses and reference
-caches cold) and a second call on new candidates with the same references (warm
-reference caches, as in training after the first epoch). The varentropy loss term is
-timed on random logits of shape (5000, 20, vocab 1000).
+References: the 5 captions of each of the first ``--n`` RSICD training images.
+Candidates: captions of other RSICD images with the same scene label that no cache in
+the process has seen (``_rsicd.unseen_candidates``: distinct, not among the references,
+not among the other candidate list). Per reward, in a fresh process (no parser, parse
+cache or reference cache shared with another reward):
 
-    python bench/reward_speed.py [--n 5000] [--data ../shared/data] [--parser spacy|rules]
+- cold: the first call, references and candidates never seen (parser start-up excluded,
+  it is the ``build`` column);
+- warm: a second call with the same references (cached, as in training after the first
+  step) and new candidates never parsed before, the number that matters in SCST.
 
-The object rewards (sde, count) share one parser and its parse cache, so whichever runs
-first pays for parsing the references; their warm call is dominated by parsing the new
-candidates (spaCy: a few hundred to a thousand captions/s per core; ``rules``: far more).
+The object rewards use the default caption parser unless ``--parser`` says otherwise.
+The varentropy loss term is timed on random logits of shape (n, 20, vocab 1000).
+
+    python bench/reward_speed.py [--n 5000] [--parser rules] [--data ../shared/data]
 """
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,53 +30,87 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import torch  # noqa: E402
-
-from rslavis.common.errors import RslavisError  # noqa: E402
-from rslavis.common.registry import registry  # noqa: E402
+TARGET = {"sde": 20000, "count": 20000}  # warm captions/s with the default parser (issue 18)
 
 
-from _rsicd import rsicd_candidates  # noqa: E402
+def one(name, args):
+    """Time reward ``name`` (runs in a child process); prints one JSON line."""
+    import torch
+
+    from _rsicd import rsicd_candidates, unseen_candidates
+    from rslavis.common.errors import RslavisError
+    from rslavis.common.registry import registry
+
+    cls = registry.get_reward_class(name)
+    if cls.is_loss_term:
+        term = cls.from_config({})
+        logits = torch.randn(args.n, 20, 1000)
+        mask = torch.ones(args.n, 20)
+        t0 = time.perf_counter()
+        term(logits, mask)
+        return {"name": name, "cold": args.n / (time.perf_counter() - t0), "note": f"logits {tuple(logits.shape)}"}
+    refs, _, _ = rsicd_candidates(args.data, args.n)
+    seen = {r for rs in refs for r in rs}
+    cold_c = unseen_candidates(args.data, args.n, exclude=seen, seed=1)
+    warm_c = unseen_candidates(args.data, args.n, exclude=seen | set(cold_c), seed=2)
+    cfg = {"corpus": refs} if name in ("cider", "nkl") else {}
+    if name in ("sde", "count") and args.parser:
+        cfg["parser"] = args.parser
+    t0 = time.perf_counter()
+    try:
+        reward = cls.from_config(cfg)
+    except RslavisError as exc:  # e.g. learned_score needs a trained scorer and images
+        return {"name": name, "skipped": str(exc)}
+    build = time.perf_counter() - t0
+    note = f"build {build:.2f} s"
+    parser = getattr(reward, "parser", None)
+    if parser is not None:
+        note += f", parser {parser.name}" + (f" ({parser.model_name})" if getattr(parser, "model_name", None) else "")
+    t0 = time.perf_counter()
+    reward(cold_c, refs)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reward(warm_c, refs)
+    warm = time.perf_counter() - t0
+    return {"name": name, "cold": args.n / cold, "warm": args.n / warm, "note": note}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data"))
-    ap.add_argument("--parser", default=None, help="caption parser of sde/count (default: spacy)")
+    ap.add_argument("--parser", default=None, help="caption parser of sde/count (default: the library's default)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    refs, cands, resample = rsicd_candidates(args.data, args.n)
-    cands2 = [c + " ." for c in resample()]
-    print(f"{'reward':<11} {'first call':>12} {'warm call':>12}   (captions/s, {len(cands)} candidates)")
+    if args.one:
+        print(json.dumps(one(args.one, args)))
+        return 0
+    from rslavis.common.registry import registry
+
+    print(f"{'reward':<14} {'cold':>10} {'warm':>10}   captions/s, {args.n} distinct never-seen candidates, "
+          "each reward in its own process")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rc = 0
     for name in registry.list_rewards():
-        cls = registry.get_reward_class(name)
-        if cls.is_loss_term:
-            term = cls.from_config({})
-            logits = torch.randn(len(cands), 20, 1000)
-            mask = torch.ones(len(cands), 20)
-            t0 = time.perf_counter()
-            term(logits, mask)
-            dt = time.perf_counter() - t0
-            print(f"{name:<11} {len(cands) / dt:>12.0f} {'':>12}   (logits {tuple(logits.shape)})")
+        cmd = [sys.executable, __file__, "--one", name, "--n", str(args.n), "--data", args.data]
+        if args.parser:
+            cmd += ["--parser", args.parser]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            print(f"{name:<14} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+            rc = 1
             continue
-        cfg = {"corpus": refs} if name in ("cider", "nkl") else {}
-        if name in ("sde", "count") and args.parser:
-            cfg["parser"] = args.parser
-        t0 = time.perf_counter()
-        try:
-            reward = cls.from_config(cfg)
-        except RslavisError as exc:  # e.g. learned_score needs a trained scorer and images
-            print(f"{name:<11} {'skipped':>12} {'':>12}   ({exc})")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        if "skipped" in r:
+            print(f"{name:<14} {'skipped':>10} {'':>10}   ({r['skipped']})")
             continue
-        build = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        reward(cands, refs)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        reward(cands2, refs)
-        warm = time.perf_counter() - t0
-        print(f"{name:<11} {len(cands) / first:>12.0f} {len(cands) / warm:>12.0f}   (build {build:.2f} s)")
+        warm = r.get("warm")
+        goal = ""
+        if name in TARGET and warm is not None:
+            goal = f"; warm target >= {TARGET[name]:,}: {'met' if warm >= TARGET[name] else 'NOT met'}"
+        print(f"{name:<14} {r['cold']:>10.0f} {'' if warm is None else f'{warm:10.0f}':>10}   ({r['note']}{goal})")
+    return rc
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -226,8 +226,8 @@ def read_rsieval(path, image_root):
                     "image_id": image_id,
                     "image": image,
                     "question_id": f"{image_id}_{k}",
-                    "question": str(_field(qa, "question", path, RSIEVAL_LAYOUT, n)).strip(),
-                    "answers": [str(_field(qa, "answer", path, RSIEVAL_LAYOUT, n)).strip()],
+                    "question": _text(_field(qa, "question", path, RSIEVAL_LAYOUT, n), path, f"{n}, question {k}", "question", "annotation"),
+                    "answers": [_text(_field(qa, "answer", path, RSIEVAL_LAYOUT, n), path, f"{n}, question {k}", "answer", "annotation")],
                     "question_type": qa.get("type") or "",
                 }
             )

@@ -403,8 +403,9 @@ class RunnerBase:
                 n_expected = len(dataset)
                 if not merged and n_expected:
                     files = getattr(getattr(dataset, "skip_counter", None), "files", [])[:3]
-                    raise DataError(f"{split_name}: none of its {n_expected} items has a readable image"
-                                    f"{' (e.g. ' + ', '.join(files) + ')' if files else ''}; check the dataset's images folder (build_info).")
+                    error = (f"{split_name}: none of its {n_expected} items has a readable image"
+                             f"{' (e.g. ' + ', '.join(files) + ')' if files else ''}; check the dataset's images folder (build_info).")
+            if self.is_main and not error:
                 metrics = self.task.after_evaluation(merged, split_name, epoch, dataset, self.result_dir)
                 metrics = {k: (None if v is None else float(v)) for k, v in metrics.items()}
                 metrics["n_scored"], metrics["n_expected"] = len(merged), n_expected

@@ -28,7 +28,7 @@ def scenes(n=4, seed=3):
 def tiny(family, seed=0, **overrides):
     torch.manual_seed(seed)
     _, caps, allcaps = scenes(8)
-    cfg = dict(family=family, vision=dict(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2),
+    cfg = dict(model_type="tiny", family=family, vision=dict(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2),
                llm=dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64), **overrides)
     model = HFVLM(cfg)
     fam = get_family(family)
@@ -105,6 +105,15 @@ def test_sample_greedy_equals_generate_greedy(trained):
     # the teacher-forced re-scoring sees what generate saw: its argmax is the generated token everywhere
     picked = out.logits.argmax(-1)
     assert bool(((picked == out.token_ids) | (out.mask == 0)).all()), family
+    # and the very logits generate computed at each step (positions, masks, token types as generate builds them)
+    inputs = model.prompt_inputs(samples)
+    with torch.no_grad():
+        gen_out = model.model.generate(**inputs, max_new_tokens=8, min_new_tokens=1, do_sample=False, eos_token_id=model.eos_ids,
+                                       pad_token_id=model.tokenizer.pad_token_id, suppress_tokens=model.suppress_ids,
+                                       output_logits=True, return_dict_in_generate=True)
+    steps = torch.stack(gen_out.logits, 1).float()[:, : out.logits.shape[1]]
+    keep = torch.isfinite(out.logits) & (out.mask[..., None] == 1)
+    assert torch.allclose(out.logits[keep], steps[keep], atol=1e-4), (family, (out.logits[keep] - steps[keep]).abs().max())
     ref = torch.log_softmax(out.logits, -1).gather(-1, out.token_ids[..., None]).squeeze(-1)
     assert torch.allclose(out.logprobs[out.mask == 1], ref[out.mask == 1])
     assert bool((out.logprobs[out.mask == 0] == 0).all())
@@ -200,3 +209,23 @@ def test_bad_config_errors(tmp_path):
         HFVLM({"pretrained": str(tmp_path / "x")})
     with pytest.raises(ConfigError, match="model_type 'local'"):
         HFVLM({"model_type": "local"})
+
+
+def test_two_line_model_section_loads_a_local_checkpoint(tmp_path):
+    """README: `arch: hf_vlm` + `pretrained: DIR` is a whole model section; local.yaml's defaults apply
+    (LoRA on the LLM's attention, vision tower and LLM frozen, family from DIR/config.json)."""
+    from rslavis.common.config import Config
+    from rslavis.common.registry import registry
+
+    model = tiny("qwen2_5_vl")
+    d = tmp_path / "Qwen2.5-VL-tiny"
+    model.model.save_pretrained(str(d))
+    model.processor.save_pretrained(str(d))
+    project = tmp_path / "p.yaml"
+    project.write_text(f"model:\n  arch: hf_vlm\n  pretrained: {d}\ndatasets:\n  rs_synthetic: {{}}\nrun:\n  task: captioning\n")
+    cfg = Config.from_file(str(project), ["model.dtype=float32"])
+    built = registry.get_model_class(cfg.model.arch).from_config(cfg.model)
+    assert built.family.name == "qwen2_5_vl"
+    trainable = {n for n, p in built.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".merger." in n for n in trainable)
+    assert any("lora_" in n for n in trainable) and any(".merger." in n for n in trainable)

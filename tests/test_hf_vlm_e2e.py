@@ -138,3 +138,27 @@ def test_rl_from_cross_entropy_checkpoint(task, tmp_path, ce_llava):
     assert out.returncode == 0, out.stderr[-3000:]
     records = [r for r in log(tmp_path / "out" / "rl") if "loss" in r]
     assert records and all(f"{task}/reward" in r for r in records)
+
+
+def test_vqa_project_with_a_tiny_model(tmp_path):
+    """projects/hf_vlm/vrsbench_vqa_qwen2_5_vl.yaml, with a tiny random Qwen2.5-VL in place of the
+    local weights (LoRA as the project sets it) on a VRSBench-layout fixture: trains and scores per type."""
+    from tests.test_vqa import vrsbench_vqa_fixture
+
+    root = vrsbench_vqa_fixture(tmp_path / "VRSBench")
+    opts = ["model.model_type=tiny", "model.pretrained=null", "model.family=qwen2_5_vl", "model.dtype=float32", "model.lora_r=4",
+            *[o for o in SMALL if o.startswith("model.")], "run.device=cpu", "run.amp=false", "run.batch_size_train=4", "run.max_epoch=1",
+            "run.warmup_steps=1", "run.num_workers=0", "run.job_id=v",
+            f"datasets.vrsbench_vqa.build_info.splits.train.annotation={root / 'Annotations_train'}",
+            f"datasets.vrsbench_vqa.build_info.splits.train.images={root / 'Images_train'}",
+            f"datasets.vrsbench_vqa.build_info.splits.test.annotation={root / 'VRSBench_EVAL_vqa.json'}",
+            f"datasets.vrsbench_vqa.build_info.splits.test.images={root / 'Images_val'}",
+            "datasets.vrsbench_vqa.vis_processor.train.image_size=32", "datasets.vrsbench_vqa.vis_processor.eval.image_size=32"]
+    out = run_python(["-m", "rslavis.train", "--cfg-path", str(ROOT / "projects" / "hf_vlm" / "vrsbench_vqa_qwen2_5_vl.yaml"), "--options",
+                      f"run.output_dir={tmp_path / 'out'}", *opts], env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "v" / "metrics_test.json").read_text())
+    text = json.dumps(metrics)
+    assert "accuracy/object color" in text and "accuracy/object existence" in text
+    preds = json.loads(next((tmp_path / "out" / "v" / "result").glob("test_epoch*.json")).read_text())
+    assert len(preds) == 4 and all(isinstance(p["answer"], str) for p in preds)

@@ -87,7 +87,7 @@ class HFVLM(BaseModel):
         "tiny": "configs/models/hf_vlm/tiny.yaml",
         "local": "configs/models/hf_vlm/local.yaml",
     }
-    DEFAULT_MODEL_TYPE = "tiny"
+    DEFAULT_MODEL_TYPE = "local"  # `arch: hf_vlm` + `pretrained: DIR` is a whole model section
 
     def __init__(self, cfg, processor=None, hf_config=None):
         super().__init__()

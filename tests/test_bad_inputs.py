@@ -270,6 +270,18 @@ def test_test_split_scored_on_part_of_its_images_fails(project, tmp_path, cache,
                 shutil.rmtree(d)
 
 
+def test_report_shows_a_partial_score():
+    from types import SimpleNamespace
+
+    from rslavis.report.page import metrics_section
+
+    split = SimpleNamespace(name="test", metrics={"epoch": 0, "CIDEr": 0.609, "n_scored": 4, "n_expected": 8}, vqa_acc=None)
+    html = metrics_section([split])
+    assert '<p class="warn">Scored: test: 4 of 8 items (partial' in html
+    split.metrics["n_scored"] = 8
+    assert "test: 8 of 8 items." in metrics_section([split])
+
+
 def test_split_with_no_readable_image_is_an_error(project, cache, capsys):
     cfg = project()
     rc, err = train(capsys, cfg, "run.job_id=build", "run.max_epoch=0")

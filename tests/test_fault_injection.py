@@ -158,10 +158,14 @@ def test_sigkill_at_five_random_moments_then_resume_equals_the_uninterrupted_run
     ref_log = _log(ref_dir)
     assert len([r for r in ref_log if "loss" in r]) == STEPS * EPOCHS
 
-    rng = random.Random(15)
-    kinds = ["step", "val", "ckpt"] + rng.choices(["step", "val", "ckpt"], k=2)
-    limits = {"step": STEPS * EPOCHS, "val": EPOCHS + 1, "ckpt": EPOCHS}  # vals: 3 val + 1 test; at least 3 latest writes
-    moments = [(k, rng.randint(1, limits[k])) for k in kinds]
+    # one moment of each kind and two more, all distinct: 15 steps, 4 evaluations (3 val + test),
+    # at least 4 checkpoint writes (best of epoch 0, latest of every epoch). Seed 21 draws
+    # step 3 (cross-entropy, no checkpoint yet: restart), test evaluation, the 4th write,
+    # step 11 (SCST, resume from epoch 1) and the validation of epoch 1.
+    rng = random.Random(21)
+    events = {"step": list(range(1, STEPS * EPOCHS + 1)), "val": list(range(1, EPOCHS + 2)), "ckpt": list(range(1, EPOCHS + 2))}
+    moments = [(k, rng.choice(v)) for k, v in events.items()]
+    moments += rng.sample([(k, i) for k, v in events.items() for i in v if (k, i) not in moments], 2)
     for n, (kind, at) in enumerate(moments):
         job = f"kill{n}_{kind}{at}"
         code = run(server, tmp_path, job, fault=(kind, at))

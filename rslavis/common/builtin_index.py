@@ -15,6 +15,7 @@ BUILTINS = {
         "rs_moe": "rslavis.models.rs_moe.model",
         "score_model": "rslavis.models.score_model",
         "hf_vlm": "rslavis.models.hf_vlm.model",
+        "clip_dual_encoder": "rslavis.models.clip_dual",
     },
     "builder": {
         "rs_synthetic": "rslavis.datasets.builders.synthetic",
@@ -38,6 +39,7 @@ BUILTINS = {
         "scst": "rslavis.tasks.scst",
         "preference": "rslavis.tasks.preference",
         "grpo": "rslavis.tasks.grpo",
+        "clip_pretrain": "rslavis.tasks.clip_pretrain",
     },
     "processor": {
         "rs_image_train": "rslavis.processors.image_processors",

@@ -5,9 +5,12 @@ settings>/`` (PNG images and ``annotations.json``) and reused after; changing a
 setting generates a new folder, so a cache never serves stale scenes.
 
 ``type: confounded`` (defaults in ``configs/datasets/rs_synthetic/confounded.yaml``)
-is the hallucination-study variant: a context background co-occurs with an object in
-a configurable share of training scenes, and the test split shows the context without
-the object. Its records add ``in_context`` and ``has_object``.
+is the hallucination-study family: a context background co-occurs with an object in a
+configurable share of training scenes (``cooccurrence`` = p(object | context),
+``elsewhere`` = p(object | other backgrounds)), and the test split shows the context
+without the object and, for a share ``test_unusual_share``, the object on other
+backgrounds. Its records add ``in_context`` and ``has_object``;
+:mod:`rslavis.metrics.confounding` scores captions on the object itself.
 """
 
 import hashlib
@@ -37,6 +40,8 @@ def confounded_settings(build_info):
         "object": str(_get(c, "object", "plane")),
         "cooccurrence": float(_get(c, "cooccurrence", 0.9)),
         "context_share": float(_get(c, "context_share", 0.3)),
+        "elsewhere": None if _get(c, "elsewhere") is None else float(_get(c, "elsewhere")),
+        "test_unusual_share": float(_get(c, "test_unusual_share", 0.0)),
     }
     key = "datasets.rs_synthetic.build_info.confounded"
     if out["context"] not in BACKGROUNDS:
@@ -46,8 +51,8 @@ def confounded_settings(build_info):
         raise ConfigError(f"{key}.object: {out['object']!r} cannot appear on {out['context']!r}; valid there: {', '.join(allowed)}.")
     if len(allowed) < 2:
         raise ConfigError(f"{key}.context: {out['context']!r} has no object besides {out['object']!r}, so a test scene without it cannot be drawn.")
-    for name in ("cooccurrence", "context_share"):
-        if not 0.0 <= out[name] <= 1.0:
+    for name in ("cooccurrence", "context_share", "elsewhere", "test_unusual_share"):
+        if out[name] is not None and not 0.0 <= out[name] <= 1.0:
             raise ConfigError(f"{key}.{name} must be between 0 and 1, got {out[name]}.")
     return out
 
@@ -105,6 +110,7 @@ def materialise(build_info, confounded=False):
                     scenes = generate_confounded_split(
                         n, seed, split, c["context"], c["object"], c["cooccurrence"], c["context_share"],
                         settings["image_size"], settings["captions_per_image"], settings["max_kinds"], settings["max_count"],
+                        c["elsewhere"], c["test_unusual_share"],
                     )
                 else:
                     scenes = generate_split(n, seed, settings["image_size"], settings["captions_per_image"], settings["max_kinds"], settings["max_count"])

@@ -197,27 +197,43 @@ def generate_scene_with(seed, size=64, background="meadow", include=None, exclud
     return np.clip(img, 0, 255).astype(np.uint8), counts
 
 
-def generate_confounded_split(n, seed, split, context="concrete", obj="plane", cooccurrence=0.9, context_share=0.3, size=64, n_captions=5, max_kinds=2, max_count=4):
+def generate_confounded_split(n, seed, split, context="concrete", obj="plane", cooccurrence=0.9, context_share=0.3, size=64, n_captions=5, max_kinds=2, max_count=4, elsewhere=None, test_unusual_share=0.0):
     """Scenes where ``context`` (a background) and ``obj`` are confounded.
 
     ``train``/``val``: a share ``context_share`` of scenes shows the context, and
-    ``cooccurrence`` of those also show ``obj``; the rest are ordinary scenes on the other
-    backgrounds. ``test``: every scene shows the context and never ``obj``, so a caption
-    naming ``obj`` there is a hallucination. Metadata adds ``in_context`` and ``has_object``.
+    ``cooccurrence`` (``p(obj | context)``) of those also show ``obj``; the rest are scenes
+    on the other backgrounds. There ``obj`` appears as the background's ordinary objects
+    allow (``elsewhere: None``), or with probability ``elsewhere`` (``p(obj | other
+    context)``, drawn on any other background, also where it never appears otherwise).
+
+    ``test``: a share ``test_unusual_share`` of scenes shows ``obj`` on another background
+    (present in an unusual context: naming it is the question, missing it an oversight);
+    the rest show the context and never ``obj`` (absent from its usual context: naming it
+    is a hallucination). Metadata adds ``in_context`` and ``has_object``.
     """
     others = [b for b in BACKGROUNDS if b != context]
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, i, 7])
         if split == "test":
-            background, include, exclude = context, None, (obj,)
+            if test_unusual_share > 0 and rng.random() < test_unusual_share:
+                background, include, exclude = others[int(rng.integers(len(others)))], obj, ()
+            else:
+                background, include, exclude = context, None, (obj,)
         elif rng.random() < context_share:
             background = context
             include, exclude = (obj, ()) if rng.random() < cooccurrence else (None, (obj,))
         else:
             background, include, exclude = others[int(rng.integers(len(others)))], None, ()
+            if elsewhere is not None:
+                include, exclude = (obj, ()) if rng.random() < elsewhere else (None, (obj,))
         img, counts = generate_scene_with([seed, i], size, background, include, exclude, max_kinds, max_count)
         caps = captions_for(background, counts, np.random.default_rng([seed, i, 1]), n_captions)
         meta = {"background": background, "captions": caps, "count_dict": counts, "in_context": background == context, "has_object": obj in counts}
         out.append((img, meta))
     return out
+
+
+def object_names(obj):
+    """Every word form the captions use for ``obj`` (synonyms, singular and plural)."""
+    return sorted({form for pair in OBJECTS[obj] for form in pair})

@@ -27,8 +27,13 @@ Config keys (defaults in ``configs/models/smallcap_causal/tiny.yaml``):
   once before training and stays valid while the captioner's encoder changes. A mapping
   (a ``vision`` config, e.g. open_clip with a checkpoint) builds a separate frozen
   encoder. The retrieval encoder's weights are saved with the model.
-- ``causal_block``: ``enabled``, ``weights`` [context, object, counterfactual], ``hidden``,
-  ``momentum``. ``token_attention``: true/false.
+- ``causal_block``: ``enabled``; ``type``: ``intervention`` (default: the batch-permuted
+  context intervention, :class:`~rslavis.models.causal_block.CausalBlock`, keys
+  ``weights`` [context, object, counterfactual], ``hidden``, ``momentum``) or
+  ``backdoor`` (backdoor adjustment over k-means context prototypes of the training
+  images, :class:`~rslavis.models.backdoor_block.BackdoorBlock`, keys
+  ``num_prototypes``, ``hidden``; the dictionary is built in ``prepare_for_training``).
+  ``token_attention``: true/false.
 - ``contrastive``: ``enabled``, ``dim`` (256), ``temperature`` (0.07), ``weight`` (0.1):
   InfoNCE between the mean of the tokens the decoder reads and the mean of the caption's
   hidden states from a text-only decoder pass (no cross-attention, so the caption side
@@ -44,6 +49,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,6 +67,7 @@ logger = logging.getLogger(__name__)
 ATTENTION_SIZES = {28.0: 1, 14.0: 2, 7.0: 4, 3.5: 8, 1.75: 16}
 DEFAULT_TEMPLATE = "Similar images show {captions}. This image shows"
 DEFAULT_PLAIN = "This image shows"
+CAUSAL_BLOCK_TYPES = ("intervention", "backdoor")
 
 
 def _gpt2_attention_class():
@@ -176,7 +183,14 @@ class SmallCapCausal(SmallCap):
         self.token_attention = TokenAttention(width) if cfg.get("token_attention", True) else None
         ccfg = cfg.get("causal_block") or {}
         self.causal_block = None
-        if ccfg.get("enabled", True):
+        kind = ccfg.get("type") or "intervention"
+        if kind not in CAUSAL_BLOCK_TYPES:
+            raise ConfigError(f"model.causal_block.type {kind!r} is unknown; valid: {', '.join(CAUSAL_BLOCK_TYPES)}.")
+        if ccfg.get("enabled", True) and kind == "backdoor":
+            from rslavis.models.backdoor_block import BackdoorBlock
+
+            self.causal_block = BackdoorBlock(width, self._vision_width, num_prototypes=ccfg.get("num_prototypes", 8), hidden=ccfg.get("hidden"))
+        elif ccfg.get("enabled", True):
             self.causal_block = CausalBlock(width, hidden=ccfg.get("hidden"), weights=tuple(ccfg.get("weights", (0.3, 0.3, 0.4))), momentum=ccfg.get("momentum", 0.1))
         kcfg = cfg.get("contrastive") or {}
         self.contrastive = bool(kcfg.get("enabled", True)) and float(kcfg.get("weight", 0.1)) > 0
@@ -298,8 +312,25 @@ class SmallCapCausal(SmallCap):
             pcfg = self.cfg.get("prompt") or {}
             words = [pcfg.get("template", DEFAULT_TEMPLATE).replace("{captions}", " "), pcfg.get("plain", DEFAULT_PLAIN)]
             super().prepare_for_training({**datasets, "__prompt__": {"train": _Texts(words)}}, output_dir)
+        if self.causal_block is not None and hasattr(self.causal_block, "set_dictionary") and not bool(self.causal_block.built):
+            self.build_confounder_dictionary(datasets)
         if not self.disable_rag:
             self.build_retrieval(datasets, output_dir)
+
+    def build_confounder_dictionary(self, datasets):
+        """The backdoor block's context prototypes: faiss k-means over the frozen encoder's features of the training images only."""
+        from rslavis.models.backdoor_block import build_dictionary, training_context_features
+
+        if not (self.cfg.get("vision") or {}).get("freeze", False):
+            logger.warning("smallcap_causal: the backdoor block's dictionary comes from the encoder as it is now; with model.vision.freeze false the encoder drifts from it while training.")
+        feats, paths = training_context_features(self.visual_encoder, datasets, self.default_image_processor(), self.device)
+        block = self.causal_block
+        seed = int(torch.initial_seed() % (2**31))
+        protos, prior = build_dictionary(feats, block.num_prototypes, seed=seed)
+        block.set_dictionary(protos, prior)
+        self.dictionary_sources = paths
+        logger.info("smallcap_causal: backdoor dictionary of %d context prototypes from %d training images (prior %s)", block.num_prototypes, len(paths), np.round(prior, 3).tolist())
+        return protos, prior
 
     # ------------------------------------------------------------------ retrieval
     def build_retrieval(self, datasets, output_dir=None, progress=True):

@@ -1,0 +1,516 @@
+"""Controlled hallucination benchmark: does retrieval, the intervention block or the backdoor block lower
+hallucination of a confounded object, from a pretrained frozen encoder?
+
+    python -m rslavis.train --cfg-path projects/clip_pretrain/synthetic.yaml --options run.job_id=pretrain
+    OMP_NUM_THREADS=1 python bench/hallucination.py --encoder output/clip_pretrain_synthetic/pretrain/encoder/vision.json \\
+        --work output/hallucination --out output/hallucination/results.json --plot output/hallucination/plot.png
+
+Analysis plan (fixed before the first full run; not to be changed toward a result)
+-------------------------------------------------------------------------------
+Data: ``rs_synthetic`` ``type: confounded``, 48 px scenes, context ``concrete``, object
+``plane``, ``context_share`` 0.3; training/validation ``p(plane | concrete) = p`` and
+``p(plane | other background) = 1 - p``; two strengths, p = 0.5 (no confounding, the
+control) and p = 0.9 (strong confounding). Test: ``test_unusual_share`` 0.5: half the
+test scenes are concrete without planes (naming a plane is a hallucination), half show
+planes on the other backgrounds (not naming it is an oversight). Sizes: 600 training
+images x 5 captions, 100 validation, 200 test images; one draw of the data per strength
+(data seed 0), the same for every arm and seed.
+
+Encoder: the ``clip_pretrain`` encoder (``--encoder``, its ``vision.json``), frozen, in
+every arm and in the knn_caption baseline; retrieval uses it too (SmallCap's design).
+
+Arms (6): causal block {none, intervention (today's block), backdoor} x retrieval
+{off, on}. Everything else is equal in all arms: ``smallcap_causal`` with a 2-layer,
+64-wide GPT-2 decoder (trained), token attention on, the model's own contrastive loss
+off (the encoder is already contrastively pretrained; off halves the cost), k = 4
+retrieved captions, backdoor dictionary of 8 prototypes.
+
+Training (same budget rule for all arms): AdamW (lr 1e-3, weight decay 0.05 on weights,
+linear warm-up 20 steps then cosine to 1e-5 over the maximum), batch 32 images; an epoch
+shows every training image once with its caption number (epoch mod 5), so five epochs
+see each of the 3,000 (image, caption) pairs once; at most 15 epochs; validation CIDEr (greedy, up to 20 tokens;
+pycocoevalcap's Cider on lower-cased, punctuation-free tokens) after every epoch; early stopping when it has not improved for 3 epochs; the test split
+is scored with the weights of the best validation CIDEr. Seeds 0-4 (model initialisation
+and batch order). Images pass the deterministic eval transform (no augmentation).
+
+Metrics (test): CIDEr (pycocoevalcap; METEOR/SPICE off), the confounded object's
+hallucination rate (plane named on test images without planes) and oversight rate
+(plane not named on test images with planes), object metrics from
+:mod:`rslavis.metrics.object_metrics` (rules parser, true count dictionaries: SDE,
+object-level hallucination rate, count_exact). Per arm: mean over seeds and the 95%
+t-interval of the mean (t with n - 1 degrees of freedom). Effects: seed-paired
+differences with 95% t-intervals for retrieval (on - off, per block), each block
+(block - none, per retrieval setting). A part *lowers hallucination* at a strength when
+the interval of its difference lies below 0 and the arms with it caption at least as
+well as knn_caption (mean test CIDEr >= knn_caption's).
+
+Baselines on the same test split: most frequent training caption, scene-class oracle
+(class = background; a random other test caption of the same class), knn_caption
+(k = 5, consensus) on the pretrained encoder.
+
+Compute: 2 strengths x 6 arms x 5 seeds = 60 trainings, run by ``--workers`` (2) worker
+processes that claim jobs in order, each job written to ``<work>/jobs/*.json`` as it finishes (a rerun skips
+finished jobs, so an interrupted run resumes; a partial run reports which jobs are
+missing). Sized for about 40 minutes on 2 CPU cores shared with other work: the
+training budget (15 epochs of 18 steps, patience 3) was set from a two-job pilot (no
+block with and without retrieval, p = 0.9, seed 0, in another work folder) that looked
+at its time and validation curve only; at 10 epochs with patience 2 it stopped after 4-6. ``--tiny`` (tests only)
+shrinks everything and says so in the output.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BLOCKS = ("none", "intervention", "backdoor")
+ARMS = [(b, r) for b in BLOCKS for r in (False, True)]
+PLAN = {
+    "strengths": [0.5, 0.9],
+    "seeds": [0, 1, 2, 3, 4],
+    "sizes": {"train": 600, "val": 100, "test": 200},
+    "image_size": 48,
+    "context": "concrete",
+    "object": "plane",
+    "context_share": 0.3,
+    "test_unusual_share": 0.5,
+    "data_seed": 0,
+    "max_epoch": 15,
+    "patience": 3,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "min_lr": 1e-5,
+    "warmup_steps": 20,
+    "weight_decay": 0.05,
+    "max_len": 20,
+    "min_len": 3,
+    "k": 4,
+    "num_prototypes": 8,
+    "decoder": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 128},
+    "knn_k": 5,
+}
+TINY = {"strengths": [0.9], "seeds": [0, 1], "sizes": {"train": 40, "val": 10, "test": 16}, "max_epoch": 2, "patience": 1, "warmup_steps": 2,
+        "decoder": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 128}, "num_prototypes": 3}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def arm_name(block, rag):
+    return f"{block}{' + retrieval' if rag else ''}"
+
+
+def job_name(kind, strength, block=None, rag=None, seed=None):
+    if kind == "baselines":
+        return f"p{strength}_baselines"
+    return f"p{strength}_{block}_{'rag' if rag else 'norag'}_s{seed}"
+
+
+def all_jobs(plan):
+    # seed-major order: a run cut short still has every arm at both strengths for its first seeds
+    jobs = [{"kind": "baselines", "strength": p} for p in plan["strengths"]]
+    jobs += [{"kind": "arm", "strength": p, "block": b, "rag": r, "seed": s} for s in plan["seeds"] for p in plan["strengths"] for b, r in ARMS]
+    for j in jobs:
+        j["name"] = job_name(**{k: j.get(k) for k in ("kind", "strength", "block", "rag", "seed")})
+    return jobs
+
+
+# ---------------------------------------------------------------------- data
+def build_datasets(plan, strength, work):
+    from omegaconf import OmegaConf
+
+    from rslavis.common.registry import registry
+    from rslavis.datasets.builders.base_builder import PACKAGE_ROOT
+
+    base = OmegaConf.load(PACKAGE_ROOT / "configs/datasets/rs_synthetic/confounded.yaml").datasets.rs_synthetic
+    size = plan["image_size"]
+    cfg = OmegaConf.merge(base, {
+        "vis_processor": {"train": {"name": "rs_image_eval", "image_size": size, "min_scale": None}, "eval": {"image_size": size}},
+        "build_info": {
+            "cache_dir": str(Path(work) / "scenes"), "seed": plan["data_seed"], "image_size": size, "sizes": plan["sizes"],
+            "confounded": {"context": plan["context"], "object": plan["object"], "cooccurrence": strength, "elsewhere": round(1 - strength, 6),
+                           "context_share": plan["context_share"], "test_unusual_share": plan["test_unusual_share"]},
+        },
+    })
+    cfg.vis_processor.train = {"name": "rs_image_eval", "image_size": size}  # deterministic: no augmentation in any arm
+    return registry.get_builder_class("rs_synthetic")(cfg, "rs_synthetic").build_datasets()
+
+
+def preload(datasets):
+    """``{split: (images (N, 3, H, W), records)}`` through each split's own processor (eval transform)."""
+    import torch
+
+    from rslavis.datasets.image_io import load_image
+
+    out = {}
+    for split, ds in datasets.items():
+        out[split] = (torch.stack([ds.vis_processor(load_image(r["image"])) for r in ds.records]), ds.records)
+    return out
+
+
+# ---------------------------------------------------------------------- scoring
+def score(records, preds, plan):
+    from rslavis.datasets.synthetic.scenes import object_names
+    from rslavis.metrics.coco_caption import caption_metrics
+    from rslavis.metrics.confounding import confounded_object_metrics
+    from rslavis.metrics.object_metrics import object_metrics
+
+    refs = {r["image_id"]: list(r["captions"]) for r in records}
+    m = caption_metrics(refs, preds, meteor=False, spice=False)
+    out = {"CIDEr": m["CIDEr"], "Bleu_4": m["Bleu_4"]}
+    conf = confounded_object_metrics(preds, {r["image_id"]: r["has_object"] for r in records}, object_names(plan["object"]))
+    out.update({f"confounded_{k}": v for k, v in conf.items()})
+    obj = object_metrics(refs, preds, parser="rules", count_dicts={r["image_id"]: r["count_dict"] for r in records})
+    out.update({f"object_{k}": obj.get(k) for k in ("SDE", "hallucination_rate", "count_exact")})
+    return out
+
+
+def generate(model, images, records, plan, batch=100):
+    import torch
+
+    preds = {}
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(records), batch):
+            recs = records[s : s + batch]
+            samples = {"image": images[s : s + batch], "image_id": [r["image_id"] for r in recs], "text_input": [""] * len(recs)}
+            for r, c in zip(recs, model.generate(samples, max_len=plan["max_len"], min_len=plan["min_len"], num_beams=1)):
+                preds[r["image_id"]] = c
+    return preds
+
+
+def cider(records, preds):
+    """Validation CIDEr: pycocoevalcap's Cider on lower-cased, punctuation-free tokens (no Java start per epoch)."""
+    from pycocoevalcap.cider.cider import Cider
+
+    from rslavis.metrics.coco_caption import simple_tokenize
+
+    gts = {r["image_id"]: [simple_tokenize(c) for c in r["captions"]] for r in records}
+    res = {r["image_id"]: [simple_tokenize(preds[r["image_id"]])] for r in records}
+    return float(Cider().compute_score(gts, res)[0])
+
+
+# ---------------------------------------------------------------------- jobs
+def model_config(plan, vision, block, rag, work):
+    from omegaconf import OmegaConf
+
+    from rslavis.common.registry import registry
+
+    cls = registry.get_model_class("smallcap_causal")
+    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
+    cfg.vision = dict(vision, freeze=True)
+    cfg.decoder.update(plan["decoder"])
+    cfg.token_attention = True
+    cfg.contrastive.enabled = False
+    cfg.causal_block.enabled = block != "none"
+    cfg.causal_block.type = "backdoor" if block == "backdoor" else "intervention"
+    cfg.causal_block.num_prototypes = plan["num_prototypes"]
+    cfg.disable_rag = not rag
+    cfg.retrieval.k = plan["k"]
+    cfg.retrieval.cache_dir = str(Path(work) / "retrieval")
+    return cls, cfg
+
+
+def run_arm(job, plan, vision, datasets, data, work):
+    import torch
+
+    from rslavis.common.checkpoint import seed_everything
+    from rslavis.common.registry import registry
+
+    seed_everything(job["seed"])
+    cls, cfg = model_config(plan, vision, job["block"], job["rag"], work)
+    model = cls.from_config(cfg)
+    with work_lock(work):
+        model.prepare_for_training({"rs_synthetic": datasets}, None)  # tokenizer, backdoor dictionary, retrieval datastore
+    train_img, train_recs = data["train"]
+    text = datasets["train"].text_processor
+    captions = [[text(c) for c in r["captions"]] for r in train_recs]
+    bs = plan["batch_size"]
+    iters = len(train_recs) // bs
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "bias" in name or "norm" in name.lower() else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": plan["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=plan["lr"])
+    sched = registry.get_lr_scheduler_class("linear_warmup_cosine_lr")(opt, plan["max_epoch"], iters, plan["lr"], min_lr=plan["min_lr"], warmup_lr=plan["min_lr"], warmup_steps=plan["warmup_steps"])
+    gen = torch.Generator().manual_seed(job["seed"])
+    best, best_state, best_epoch, history, since = -math.inf, None, None, [], 0
+    val_img, val_recs = data["val"]
+    t0 = time.time()
+    for epoch in range(plan["max_epoch"]):
+        model.train()
+        order = torch.randperm(len(train_recs), generator=gen).tolist()
+        for it in range(iters):
+            sched.step(epoch, it)
+            idx = order[it * bs : (it + 1) * bs]
+            # an epoch shows every image once, with its caption number epoch mod 5: five epochs see every pair once
+            caps = [captions[i][epoch % len(captions[i])] for i in idx]
+            samples = {"image": train_img[idx], "image_id": [train_recs[i]["image_id"] for i in idx], "text_input": [""] * len(idx), "text_output": caps}
+            loss = model(samples)["loss"]
+            if not torch.isfinite(loss):
+                raise SystemExit(f"{job['name']}: non-finite loss at epoch {epoch} step {it}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        val = cider(val_recs, generate(model, val_img, val_recs, plan))
+        history.append(round(val, 4))
+        if val > best:
+            best, best_epoch, since = val, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since += 1
+            if since >= plan["patience"]:
+                break
+    model.load_state_dict(best_state)
+    test_img, test_recs = data["test"]
+    preds = generate(model, test_img, test_recs, plan)
+    return {**job, "val_cider_history": history, "best_epoch": best_epoch, "epochs_trained": len(history), "val_CIDEr": best,
+            "test": score(test_recs, preds, plan), "seconds": round(time.time() - t0, 1), "predictions": preds}
+
+
+def run_baselines(job, plan, vision, datasets, data, work):
+    from omegaconf import OmegaConf
+
+    from rslavis.baselines import class_oracle_predictions, most_frequent_caption
+    from rslavis.common.checkpoint import seed_everything
+    from rslavis.common.registry import registry
+
+    test_img, test_recs = data["test"]
+    train = datasets["train"]
+    out = {}
+    caption = most_frequent_caption(train.all_captions())
+    out["most_frequent_caption"] = score(test_recs, {r["image_id"]: caption for r in test_recs}, plan)
+    preds, _ = class_oracle_predictions(test_recs, [r["background"] for r in test_recs], train.records, [r["background"] for r in train.records])
+    out["scene_class_oracle"] = score(test_recs, preds, plan)
+    seed_everything(0)
+    cls = registry.get_model_class("knn_caption")
+    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
+    cfg.vision = dict(vision)
+    cfg.k = plan["knn_k"]
+    knn = cls.from_config(cfg)
+    knn.prepare_for_training({"rs_synthetic": datasets}, None)
+    preds = {}
+    for s in range(0, len(test_recs), 100):
+        recs = test_recs[s : s + 100]
+        preds.update(zip([r["image_id"] for r in recs], knn.generate({"image": test_img[s : s + 100]})))
+    out["knn_caption"] = score(test_recs, preds, plan)
+    return {**job, "baselines": out}
+
+
+class work_lock:
+    """An exclusive lock on ``<work>/prepare.lock``: scene generation and retrieval caches are built by one worker at a time."""
+
+    def __init__(self, work):
+        self.path = Path(work) / "prepare.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "w")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def worker(args, plan):
+    import torch
+
+    torch.set_num_threads(1)
+    vision = load_vision(args.encoder, plan)
+    jobs_dir = Path(args.work) / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    claims = Path(args.work) / "claims" / args.run_id
+    claims.mkdir(parents=True, exist_ok=True)
+    cache = {}
+    for job in all_jobs(plan):  # workers claim jobs in order (an O_EXCL file), so the load balances
+        target = jobs_dir / f"{job['name']}.json"
+        if target.is_file():
+            continue
+        try:
+            os.close(os.open(claims / job["name"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        if job["strength"] not in cache:
+            with work_lock(args.work):
+                ds = build_datasets(plan, job["strength"], args.work)
+            cache[job["strength"]] = (ds, preload(ds))
+        datasets, data = cache[job["strength"]]
+        fn = run_baselines if job["kind"] == "baselines" else run_arm
+        res = fn(job, plan, vision, datasets, data, args.work)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res))
+        os.replace(tmp, target)
+        t = res.get("test")
+        msg = f"CIDEr {t['CIDEr']:.3f} halluc {t['confounded_hallucination_rate']:.3f} oversight {t['confounded_oversight_rate']:.3f} epochs {res['epochs_trained']} ({res['seconds']} s)" if t else "baselines done"
+        print(f"[worker {args.worker_index}] {time.strftime('%H:%M:%S')} {job['name']}: {msg}", flush=True)
+
+
+def load_vision(encoder, plan):
+    if encoder == "random":  # tests only: an untrained encoder of the same architecture
+        from rslavis.models.clip_dual import resolve_model_config
+
+        return {"type": "open_clip", "arch": "rs_clip_tiny", "model_config": resolve_model_config("configs/models/clip_dual_encoder/rs_clip_tiny.json"), "image_size": plan["image_size"]}
+    p = Path(encoder)
+    if p.is_dir():
+        p = p / "vision.json"
+    if not p.is_file():
+        raise SystemExit(f"--encoder {encoder}: no vision.json; pretrain first: python -m rslavis.train --cfg-path projects/clip_pretrain/synthetic.yaml")
+    vision = json.loads(p.read_text())
+    if int(vision.get("image_size", plan["image_size"])) != plan["image_size"]:
+        raise SystemExit(f"--encoder {p}: image size {vision.get('image_size')} differs from the plan's {plan['image_size']} px")
+    return vision
+
+
+# ---------------------------------------------------------------------- analysis
+def interval(values):
+    """``(mean, half-width of the 95% t-interval)``; half-width nan below two values."""
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return math.nan, math.nan
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, math.nan
+    return m, T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def fmt(mi, digits=3):
+    m, h = mi
+    if math.isnan(m):
+        return "-"
+    return f"{m:.{digits}f} ± {h:.{digits}f}" if not math.isnan(h) else f"{m:.{digits}f}"
+
+
+METRICS = [("CIDEr", "test CIDEr"), ("confounded_hallucination_rate", "plane halluc."), ("confounded_oversight_rate", "plane oversight"), ("object_SDE", "SDE")]
+
+
+def analyse(plan, work, tiny=False):
+    jobs_dir = Path(work) / "jobs"
+    expected = all_jobs(plan)
+    done = {j["name"]: json.loads((jobs_dir / f"{j['name']}.json").read_text()) for j in expected if (jobs_dir / f"{j['name']}.json").is_file()}
+    missing = [j["name"] for j in expected if j["name"] not in done]
+    lines, summary = [], {"plan": plan, "tiny": tiny, "missing_jobs": missing, "strengths": {}}
+    if tiny:
+        lines.append("TINY RUN (tests only): sizes, epochs and seeds are shrunk; the numbers mean nothing.")
+    if missing:
+        lines.append(f"PARTIAL: {len(missing)} of {len(expected)} jobs missing: {', '.join(missing)}")
+    for p in plan["strengths"]:
+        s = {"arms": {}, "effects": {}, "baselines": done.get(job_name("baselines", p), {}).get("baselines")}
+        lines.append("")
+        lines.append(f"p(plane | concrete) = {p}, p(plane | other) = {round(1 - p, 3)}; test: {plan['sizes']['test']} scenes, half concrete without planes, half planes elsewhere")
+        lines.append(f"{'arm':26s} | {'n':>2s} | " + " | ".join(f"{h:>15s}" for _, h in METRICS) + " | epochs")
+        rows = {}
+        for b, r in ARMS:
+            res = [done[job_name("arm", p, b, r, sd)] for sd in plan["seeds"] if job_name("arm", p, b, r, sd) in done]
+            rows[(b, r)] = {res_["seed"]: res_ for res_ in res}
+            stats = {k: interval([x["test"][k] for x in res]) for k, _ in METRICS}
+            epochs = [x["epochs_trained"] for x in res]
+            s["arms"][arm_name(b, r)] = {"n": len(res), **{k: {"mean": v[0], "ci95": v[1]} for k, v in stats.items()},
+                                         "per_seed": {x["seed"]: {k: x["test"][k] for k, _ in METRICS} for x in res}, "epochs_trained": epochs}
+            lines.append(f"{arm_name(b, r):26s} | {len(res):2d} | " + " | ".join(f"{fmt(stats[k]):>15s}" for k, _ in METRICS) + f" | {epochs}")
+        for name, base in (s["baselines"] or {}).items():
+            lines.append(f"{'baseline: ' + name:26s} |  - | " + " | ".join(f"{fmt((base[k] if base[k] is not None else math.nan, math.nan)):>15s}" for k, _ in METRICS) + " |")
+        # seed-paired effects on hallucination (and CIDEr)
+        lines.append("effects (seed-paired difference, mean ± 95% half-width; < 0 lowers):   plane halluc.   |   test CIDEr")
+        pairs = [(f"retrieval, block {b}", (b, True), (b, False)) for b in BLOCKS]
+        pairs += [(f"{b} block, retrieval {'on' if r else 'off'}", (b, r), ("none", r)) for b in BLOCKS[1:] for r in (False, True)]
+        for label, a, c in pairs:
+            seeds = sorted(set(rows[a]) & set(rows[c]))
+            eff = {}
+            for k in ("confounded_hallucination_rate", "CIDEr"):
+                eff[k] = interval([rows[a][sd]["test"][k] - rows[c][sd]["test"][k] for sd in seeds])
+            s["effects"][label] = {"n": len(seeds), **{k: {"mean": v[0], "ci95": v[1]} for k, v in eff.items()}}
+            lines.append(f"  {label:34s} (n={len(seeds)}): {fmt(eff['confounded_hallucination_rate']):>17s} | {fmt(eff['CIDEr']):>17s}")
+        knn = (s["baselines"] or {}).get("knn_caption", {}).get("CIDEr")
+        if knn is not None:
+            ok = [arm_name(b, r) for b, r in ARMS if s["arms"][arm_name(b, r)]["n"] and s["arms"][arm_name(b, r)]["CIDEr"]["mean"] >= knn]
+            lines.append(f"arms captioning at least as well as knn_caption (CIDEr {knn:.3f}): {', '.join(ok) or 'none'}")
+            s["arms_at_least_knn"] = ok
+        summary["strengths"][str(p)] = s
+    return "\n".join(lines), summary
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strengths = list(summary["strengths"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = [arm_name(b, r) for b, r in ARMS]
+    width = 0.8 / max(1, len(strengths))
+    for ax, (key, title) in zip(axes, METRICS[:3]):
+        for si, p in enumerate(strengths):
+            arms = summary["strengths"][p]["arms"]
+            means = [arms[n][key]["mean"] for n in names]
+            errs = [0 if math.isnan(arms[n][key]["ci95"]) else arms[n][key]["ci95"] for n in names]
+            xs = [i + (si - (len(strengths) - 1) / 2) * width for i in range(len(names))]
+            ax.bar(xs, means, width, yerr=errs, capsize=3, label=f"p = {p}")
+            base = (summary["strengths"][p].get("baselines") or {}).get("knn_caption", {}).get(key)
+            if base is not None and not (isinstance(base, float) and math.isnan(base)):
+                ax.axhline(base, color=f"C{si}", linestyle="--", linewidth=1, label=f"knn_caption, p = {p}")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title + " (mean, 95% CI)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--encoder", required=True, help="vision.json (or its folder) written by the clip_pretrain task; 'random' only with --tiny")
+    p.add_argument("--work", default="output/hallucination", help="work folder: scenes, retrieval cache, one JSON per finished job")
+    p.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    p.add_argument("--out", default=None, help="write the summary as JSON")
+    p.add_argument("--plot", default=None, help="write a PNG plot")
+    p.add_argument("--tiny", action="store_true", help="tests only: shrunk sizes (numbers mean nothing)")
+    p.add_argument("--analyse-only", action="store_true", help="only summarise the finished jobs in --work")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    plan = {**PLAN, **(TINY if args.tiny else {})}
+    if args.encoder == "random" and not args.tiny:
+        raise SystemExit("--encoder random is for --tiny test runs only; the benchmark needs the clip_pretrain encoder.")
+    if args.worker_index is not None:
+        worker(args, plan)
+        return 0
+    if not args.analyse_only:
+        load_vision(args.encoder, plan)  # fail before starting workers
+        run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--encoder", args.encoder, "--work", args.work, "--workers", str(args.workers), "--run-id", run_id] + (["--tiny"] if args.tiny else [])
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        t0 = time.time()
+        procs = [subprocess.Popen(cmd + ["--worker-index", str(i)], env=env) for i in range(args.workers)]
+        codes = [pr.wait() for pr in procs]
+        print(f"workers finished in {time.time() - t0:.0f} s with exit codes {codes}", flush=True)
+    text, summary = analyse(plan, args.work, args.tiny)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=2, default=str))
+    if args.plot:
+        plot(summary, args.plot)
+        print(f"plot written to {args.plot}")
+    if not args.analyse_only and (any(codes) or summary["missing_jobs"]):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

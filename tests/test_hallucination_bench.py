@@ -1,0 +1,86 @@
+"""bench/hallucination.py: the tiny end-to-end run (every arm, baselines, table, JSON, plot) and the analysis
+(95% t-intervals, seed-paired effects, the knn_caption bar, partial runs reported)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_python
+
+sys.path.insert(0, str(ROOT / "bench"))
+import hallucination as H  # noqa: E402
+
+
+def test_interval_is_the_t_interval_of_the_mean():
+    m, h = H.interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and math.isclose(h, 4.303 / math.sqrt(3), rel_tol=1e-9)
+    m, h = H.interval([0.5])
+    assert m == 0.5 and math.isnan(h)
+    assert all(math.isnan(v) for v in H.interval([]))
+
+
+def _write_jobs(work, plan, value):
+    jobs = Path(work) / "jobs"
+    jobs.mkdir(parents=True)
+    for j in H.all_jobs(plan):
+        if j["kind"] == "baselines":
+            res = {**j, "baselines": {"knn_caption": {"CIDEr": 0.5, "confounded_hallucination_rate": 0.5, "confounded_oversight_rate": 0.5, "object_SDE": 0.5}}}
+        else:
+            res = {**j, "epochs_trained": 3, "test": value(j)}
+        (jobs / f"{j['name']}.json").write_text(json.dumps(res))
+
+
+def test_analysis_effects_and_knn_bar(tmp_path):
+    plan = {**H.PLAN, "strengths": [0.9], "seeds": [0, 1, 2]}
+
+    def value(j):  # retrieval lowers hallucination by exactly 0.2 at every seed; backdoor has CIDEr 0.4 < knn
+        h = 0.8 - (0.2 if j["rag"] else 0.0) + 0.01 * j["seed"]
+        c = 0.4 if j["block"] == "backdoor" else 0.6 + 0.01 * j["seed"]
+        return {"CIDEr": c, "confounded_hallucination_rate": h, "confounded_oversight_rate": 0.1, "object_SDE": 0.3}
+
+    _write_jobs(tmp_path, plan, value)
+    text, summary = H.analyse(plan, tmp_path)
+    s = summary["strengths"]["0.9"]
+    eff = s["effects"]["retrieval, block none"]["confounded_hallucination_rate"]
+    assert math.isclose(eff["mean"], -0.2) and eff["ci95"] < 1e-9
+    assert math.isclose(s["effects"]["backdoor block, retrieval off"]["CIDEr"]["mean"], -0.21)
+    assert s["arms"]["none"]["n"] == 3 and math.isclose(s["arms"]["none"]["CIDEr"]["mean"], 0.61)
+    assert set(s["arms_at_least_knn"]) == {"none", "none + retrieval", "intervention", "intervention + retrieval"}
+    assert not summary["missing_jobs"] and "PARTIAL" not in text
+
+
+def test_partial_runs_are_reported(tmp_path):
+    plan = {**H.PLAN, "strengths": [0.9], "seeds": [0, 1]}
+    _write_jobs(tmp_path, plan, lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0})
+    (tmp_path / "jobs" / "p0.9_backdoor_rag_s1.json").unlink()
+    text, summary = H.analyse(plan, tmp_path)
+    assert summary["missing_jobs"] == ["p0.9_backdoor_rag_s1"]
+    assert "PARTIAL: 1 of 13 jobs missing: p0.9_backdoor_rag_s1" in text
+    assert summary["strengths"]["0.9"]["arms"]["backdoor + retrieval"]["n"] == 1
+
+
+def test_tiny_bench_runs_every_arm_end_to_end(tmp_path):
+    out = run_python([str(ROOT / "bench" / "hallucination.py"), "--tiny", "--encoder", "random", "--work", str(tmp_path / "w"),
+                      "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")], timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "TINY RUN" in out.stdout
+    summary = json.loads((tmp_path / "r.json").read_text())
+    s = summary["strengths"]["0.9"]
+    assert not summary["missing_jobs"]
+    assert {a: v["n"] for a, v in s["arms"].items()} == {H.arm_name(b, r): 2 for b, r in H.ARMS}
+    assert set(s["baselines"]) == {"most_frequent_caption", "scene_class_oracle", "knn_caption"}
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    job = json.loads((tmp_path / "w" / "jobs" / "p0.9_backdoor_rag_s0.json").read_text())
+    assert job["epochs_trained"] >= 1 and len(job["predictions"]) == H.TINY["sizes"]["test"]
+    assert 0.0 <= job["test"]["confounded_hallucination_rate"] <= 1.0
+    # a rerun finds every job done and only analyses
+    again = run_python([str(ROOT / "bench" / "hallucination.py"), "--tiny", "--encoder", "random", "--work", str(tmp_path / "w")], timeout=300)
+    assert again.returncode == 0 and "[worker" not in again.stdout
+
+
+def test_random_encoder_is_refused_outside_tiny_runs():
+    with pytest.raises(SystemExit, match="--tiny test runs only"):
+        H.main(["--encoder", "random", "--analyse-only"])

@@ -27,6 +27,9 @@ def test_recall_at_k_counts_own_and_identical_captions():
     # the same string written for another image counts as a hit (templated captions repeat)
     r = recall_at_k(img, txt, owner, [{"a"}, {"b"}, {"c", "d", "a"}], ["a", "b", "c", "a"], ks=(1,))
     assert r["t2i_R@1"] == 1.0
+    # image 0's nearest caption is image 1's, with the same text: a hit in both directions
+    r = recall_at_k(torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), [0, 1], [{"same"}, {"same"}], ["same", "same"], ks=(1,))
+    assert r["i2t_R@1"] == 1.0 and r["t2i_R@1"] == 1.0
 
 
 def test_info_nce_masks_duplicate_pairs():
@@ -66,7 +69,7 @@ run:
   job_id: cp
   train_splits: [train]
   valid_splits: [val]
-  test_splits: [train]
+  test_splits: [val]
 """
 
 
@@ -97,15 +100,18 @@ def test_training_raises_recall_and_exports_the_best_encoder(pretrained):
     from rslavis.processors.image_processors import RSImageEvalProcessor
 
     run, printed = pretrained
-    trained = printed["test"]["train"]  # recall on the training images after training
+    assert set(printed["test"]["val"]) >= {"i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "agg_metrics"}
     cls = registry.get_model_class("clip_dual_encoder")
-    torch.manual_seed(42)
-    untrained = cls.from_config(OmegaConf.load(cls.default_config_path("tiny")).model)
-    from rslavis.datasets.builders.base_builder import PACKAGE_ROOT
-
+    tiny = OmegaConf.load(cls.default_config_path("tiny")).model
+    torch.manual_seed(42)  # the run's seed: the initialisation training started from
+    untrained = cls.from_config(tiny)
+    model = cls.from_config(tiny)
+    model.load_state_dict(torch.load(run / "checkpoint_best.pth", weights_only=False)["model"])
     conf = OmegaConf.load(run / "config.yaml")
     sets = registry.get_builder_class("rs_synthetic")(conf.datasets.rs_synthetic, "rs_synthetic").build_datasets()
-    before = _recall_of(untrained, sets["train"].records, RSImageEvalProcessor(image_size=48))
+    proc = RSImageEvalProcessor(image_size=48)
+    before = _recall_of(untrained, sets["train"].records, proc)
+    trained = _recall_of(model, sets["train"].records, proc)  # recall on the training images after training
     assert trained["i2t_R@5"] > 2 * before["i2t_R@5"] and trained["t2i_R@5"] > 1.5 * before["t2i_R@5"]
     vision = json.loads((run / "encoder" / "vision.json").read_text())
     assert vision["type"] == "open_clip" and vision["freeze"] is True

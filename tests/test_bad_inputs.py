@@ -169,6 +169,11 @@ def test_running_normalisation_ignores_non_finite_values():
     assert torch.isfinite(out).all()
 
 
+def test_zero_scst_sample_length(project, capsys):
+    rc, err = train(capsys, project(SCST, task="scst"), "run.scst_max_len=0")
+    assert rc == 2 and "run.scst_max_len 0 / run.scst_min_len 0: the sampled caption length needs 1 <= scst_max_len" in one_error(err)
+
+
 def test_unknown_nonfinite_rewards_value(project, capsys):
     cfg = project(SCST + "  nonfinite_rewards: ignore\n", task="scst")
     rc, err = train(capsys, cfg, "run.job_id=x")

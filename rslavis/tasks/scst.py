@@ -135,6 +135,9 @@ class SCSTTask(CaptionTask):
             raise ConfigError(f"run.scst_temperature {self.temperature} must be > 0.")
         if self.start_epoch < 0:
             raise ConfigError(f"run.scst_start_epoch {self.start_epoch} must be >= 0.")
+        if self.sample_max_len < 1 or not 0 <= self.sample_min_len <= self.sample_max_len:
+            raise ConfigError(f"run.scst_max_len {self.sample_max_len} / run.scst_min_len {self.sample_min_len}: "
+                              "the sampled caption length needs 1 <= scst_max_len and 0 <= scst_min_len <= scst_max_len.")
         self.rewards_cfg = self._rewards_mapping(run.get("rewards"))
         from rslavis.rewards.combine import NONFINITE
 

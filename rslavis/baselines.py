@@ -144,7 +144,10 @@ def compute_baselines(cfg, split="test", meteor=True, spice=True, objects=True, 
     from rslavis.common.registry import registry
 
     metric_kwargs = dict(meteor=meteor, spice=spice, objects=objects, parser=parser)
-    task = registry.get_task_class(cfg.run.task).setup_task(cfg)
+    from rslavis.tasks.base_task import BaseTask
+
+    # a file with only a datasets: section needs no task: BaseTask builds every dataset
+    task = registry.get_task_class(cfg.run.task).setup_task(cfg) if cfg.run.get("task") else BaseTask(cfg)
     datasets = task.build_datasets(cfg)
     out = {}
     for name, splits in datasets.items():
@@ -176,6 +179,7 @@ def main(argv=None):
     p.add_argument("--no-spice", action="store_true", help="skip SPICE")
     p.add_argument("--no-objects", action="store_true", help="skip the object metrics (saves the caption parser)")
     p.add_argument("--parser", default=None, help="caption parser for the object metrics (spacy, rules, ...)")
+    p.add_argument("--lenient", action="store_true", help="unknown sections and keys warn (one line each) instead of failing")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     from rslavis.common.checkpoint import atomic_write_json
@@ -184,7 +188,7 @@ def main(argv=None):
 
     setup_logging()
     try:
-        cfg = Config.from_file(args.cfg_path, args.options)
+        cfg = Config.from_file(args.cfg_path, args.options, require_task=False, lenient=args.lenient)
         results = compute_baselines(
             cfg, args.split, meteor=not args.no_meteor, spice=not args.no_spice, objects=not args.no_objects,
             parser=args.parser, class_field=args.class_field,

@@ -26,6 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys, e.g. run.max_epoch=3")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     p.add_argument("--resume", default=None, metavar="auto|PATH", help="resume from a checkpoint; 'auto' picks the latest in the output dir")
+    p.add_argument("--lenient", action="store_true", help="unknown sections and keys warn (one line each, listing them) instead of failing; for files written for other LAVIS forks")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -50,7 +51,7 @@ def main(argv=None):
 def run(args):
     from rslavis.common.config import Config
 
-    cfg = Config.from_file(args.cfg_path, args.options)
+    cfg = Config.from_file(args.cfg_path, args.options, lenient=args.lenient)
     if args.print_config:
         print(cfg.to_yaml())
         return 0

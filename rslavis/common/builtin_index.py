@@ -32,6 +32,8 @@ BUILTINS = {
         "rsvqa_hr": "rslavis.datasets.builders.vqa_builders",
         "preference_json": "rslavis.datasets.preference",
         "caption_preferences": "rslavis.datasets.preference",
+        "lavis_caption": "rslavis.datasets.builders.caption_builders",
+        "lavis_vqa": "rslavis.datasets.builders.vqa_builders",
     },
     "task": {
         "captioning": "rslavis.tasks.captioning",
@@ -46,6 +48,13 @@ BUILTINS = {
         "rs_image_eval": "rslavis.processors.image_processors",
         "rs_caption": "rslavis.processors.text_processors",
         "rs_question": "rslavis.processors.text_processors",
+        "blip_image_train": "rslavis.processors.lavis_processors",
+        "blip2_image_train": "rslavis.processors.lavis_processors",
+        "blip_image_eval": "rslavis.processors.lavis_processors",
+        "clip_image_train": "rslavis.processors.lavis_processors",
+        "clip_image_eval": "rslavis.processors.lavis_processors",
+        "blip_caption": "rslavis.processors.lavis_processors",
+        "blip_question": "rslavis.processors.lavis_processors",
     },
     "reward": {
         "cider": "rslavis.rewards.cider",
@@ -68,5 +77,17 @@ BUILTINS = {
         "spacy": "rslavis.text.spacy_parser",
         "rules": "rslavis.text.rules_parser",
         "factual": "rslavis.text.factual_parser",
+    },
+}
+
+# Other names of registered things: LAVIS's names, so LAVIS project files resolve.
+ALIASES = {
+    "model": {
+        "blip2_t5_instruct": "instructblip",
+        "blip2_vicuna_instruct": "instructblip",
+    },
+    "builder": {
+        "coco_caption": "lavis_caption",
+        "coco_vqa": "lavis_vqa",
     },
 }

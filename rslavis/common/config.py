@@ -15,6 +15,7 @@ switch which default YAML is loaded.
 """
 
 import logging
+import re
 from pathlib import Path
 
 from rslavis.common.errors import ConfigError, RegistryKeyError
@@ -115,6 +116,34 @@ def to_plain(value):
     return value
 
 
+# OmegaConf's float rule (what LAVIS loads its files with): YAML 1.1 needs a dot before the
+# exponent, so ``1e-5`` would stay a string under a plain safe_load. Same pattern as OmegaConf.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_LOADER = None
+
+
+def yaml_loader():
+    """A SafeLoader that reads numbers as OmegaConf (and so LAVIS) does: ``1e-5`` is a float."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class LavisLoader(yaml.SafeLoader):
+            pass
+
+        LavisLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+        _LOADER = LavisLoader
+    return _LOADER
+
+
 def load_yaml(path, what="config file"):
     """Load a YAML file to a DictConfig; a missing file or syntax error is a ConfigError."""
     OmegaConf = _omegaconf()
@@ -125,7 +154,7 @@ def load_yaml(path, what="config file"):
 
     try:
         text = p.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -179,12 +208,29 @@ def _resolve_all(cfg, source):
                           "e.g. ${run.output_dir}.") from None
 
 
-def _check_sections(cfg, source):
-    for key in cfg.keys():
+class Checker:
+    """Unknown sections and keys: a ConfigError (strict, the default), or with ``lenient``
+    one warning each and the entry dropped (for porting files written for other forks)."""
+
+    def __init__(self, lenient=False):
+        self.lenient = bool(lenient)
+        self.ignored = []
+
+    def unknown(self, message, node, key):
+        if not self.lenient:
+            raise ConfigError(message)
+        logger.warning("--lenient: ignored: %s", message)
+        self.ignored.append(message)
+        del node[key]
+
+
+def _check_sections(cfg, source, checker=None):
+    checker = checker or Checker()
+    for key in list(cfg.keys()):
         if key not in SECTIONS:
             guess = closest_match(key, SECTIONS)
             hint = f" Did you mean {guess!r}?" if guess else ""
-            raise ConfigError(f"{source}: unknown top-level section {key!r}.{hint} Valid sections: {', '.join(SECTIONS)}.")
+            checker.unknown(f"{source}: unknown top-level section {key!r}.{hint} Valid sections: {', '.join(SECTIONS)}.", cfg, key)
 
 
 def _lookup(kind, name, source, key):
@@ -208,16 +254,19 @@ def _check_type(value, expected):
     return isinstance(value, expected)
 
 
-def validate_run(run_cfg, schema, source_of):
+def validate_run(run_cfg, schema, source_of, checker=None):
     """Unknown run keys and wrongly typed values raise a ConfigError naming their source."""
-    for key in run_cfg.keys():
+    checker = checker or Checker()
+    for key in list(run_cfg.keys()):
         if key not in schema:
             guess = closest_match(key, schema)
             hint = f" Did you mean {guess!r}?" if guess else ""
-            raise ConfigError(
-                f"{source_of('run', key)}: unknown run key {key!r}.{hint} "
-                f"Valid run keys: {', '.join(sorted(schema))}."
+            checker.unknown(
+                f"{source_of('run', key)}: unknown run key {key!r}.{hint} Valid run keys: {', '.join(sorted(schema))}.",
+                run_cfg,
+                key,
             )
+            continue
         value = run_cfg[key]
         expected = schema[key]
         if not _check_type(value, expected):
@@ -261,30 +310,32 @@ class Config:
         return _omegaconf().to_yaml(self.config)
 
     @classmethod
-    def from_file(cls, cfg_path, options=None):
+    def from_file(cls, cfg_path, options=None, require_task=True, lenient=False):
+        """``require_task=False``: a file with only ``datasets:`` (dataset tools need no task);
+        ``lenient``: unknown sections and keys warn (one line each) and are dropped."""
         project = load_yaml(cfg_path, "project config")
-        source = str(cfg_path)
-        _check_sections(project, source)
         opts = parse_options(options)
-        _check_sections(opts, "--options")
-        return cls(build_config(project, opts, source, replace=mapping_option_keys(options, opts)), cfg_path)
+        return cls(build_config(project, opts, str(cfg_path), require_task, lenient, replace=mapping_option_keys(options, opts)), cfg_path)
 
     @classmethod
-    def from_dict(cls, data, options=None, source="<dict>"):
+    def from_dict(cls, data, options=None, source="<dict>", require_task=True, lenient=False):
         OmegaConf = _omegaconf()
         project = OmegaConf.create(data)
-        _check_sections(project, source)
         opts = parse_options(options)
-        return cls(build_config(project, opts, source, replace=mapping_option_keys(options, opts)))
+        return cls(build_config(project, opts, source, require_task, lenient, replace=mapping_option_keys(options, opts)))
 
 
-def build_config(project, opts, source, replace=()):
+def build_config(project, opts, source, require_task=True, lenient=False, replace=()):
     """Merge defaults < project < options (see module docstring) and validate.
 
     ``replace``: dotted keys of ``opts`` whose mapping replaces the project's (not merges into it);
-    the default YAMLs still fill keys the mapping leaves out.
+    the default YAMLs still fill keys the mapping leaves out. ``require_task=False`` accepts a
+    file without ``run.task``; ``lenient`` makes unknown sections and keys warnings.
     """
     OmegaConf = _omegaconf()
+    checker = Checker(lenient)
+    _check_sections(project, source, checker)
+    _check_sections(opts, "--options", checker)
     user = OmegaConf.merge(project, opts)
     for key in replace:
         OmegaConf.update(user, key, OmegaConf.select(opts, key), merge=False)
@@ -303,6 +354,7 @@ def build_config(project, opts, source, replace=()):
     parts = [load_yaml(PACKAGE_ROOT / "configs" / "default.yaml", "default config")]
 
     model = user.get("model")
+    model_cls = None
     if model is not None:
         if not OmegaConf.is_dict(model) or "arch" not in model:
             raise ConfigError(f"{source}: the 'model' section must set 'arch' (a registered model name, see registry.list_models()).")
@@ -317,33 +369,172 @@ def build_config(project, opts, source, replace=()):
     if "datasets" in user and (datasets is None or (OmegaConf.is_dict(datasets) and len(datasets) == 0)):
         raise ConfigError(f"{source_of('datasets', '')}: 'datasets' is empty; name at least one dataset, e.g. "
                           f"datasets: {{rs_synthetic: {{}}}} (registered: {', '.join(registry.list_builders())}).")
+    builders = {}
     if datasets is not None:
         if not OmegaConf.is_dict(datasets):
             raise ConfigError(f"{source}: 'datasets' must map dataset names to their settings.")
-        for name, dcfg in datasets.items():
-            builder_cls = _lookup("builder", name, source_of("datasets", name), f"datasets.{name}")
-            dtype = (dcfg or {}).get("type", "default") if dcfg is not None else "default"
-            default_path = builder_cls.default_config_path(dtype, source=source)
-            if default_path is not None:
-                parts.append(load_yaml(default_path, f"default config of dataset {name!r}"))
-
-    # A dataset listed without settings ("rs_synthetic:") keeps its default YAML.
-    if datasets is not None:
+        # A dataset listed without settings ("rs_synthetic:") keeps its default YAML.
         for n in [n for n, d in datasets.items() if d is None]:
             user.datasets[n] = {}
+        for name, dcfg in user.datasets.items():
+            builders[name] = _lookup("builder", name, source_of("datasets", name), f"datasets.{name}")
+            default = dataset_defaults(name, dcfg, builders[name], source)
+            if default is not None:
+                parts.append(OmegaConf.create({"datasets": {name: default}}))
+
     merged = OmegaConf.merge(*parts, user)
     _resolve_all(merged, source)
     for section in ("model", "datasets", "run"):
         if section not in merged:
             merged[section] = {}
+    if model_cls is not None:
+        validate_model(merged.model, user.model, model_cls, source_of, checker)
+    for name, builder_cls in builders.items():
+        validate_dataset(merged.datasets[name], name, builder_cls, source_of, checker)
     run = merged.run
     task_name = run.get("task")
     if not task_name:
+        if not require_task:
+            validate_run(run, RUN_SCHEMA, source_of, checker)
+            return merged
         raise ConfigError(f"{source}: run.task is not set; registered tasks: {', '.join(registry.list_tasks())}.")
     task_cls = _lookup("task", task_name, source_of("run", "task"), "run.task")
     schema = dict(RUN_SCHEMA)
     schema.update(getattr(task_cls, "RUN_KEYS", {}))
-    validate_run(run, schema, source_of)
+    validate_run(run, schema, source_of, checker)
     _lookup("lr_scheduler", run.lr_sched, source_of("run", "lr_sched"), "run.lr_sched")
     _lookup("runner", run.get("runner") or "runner_base", source_of("run", "runner"), "run.runner")
     return merged
+
+
+# ---------------------------------------------------------------------- model section
+# Keys every model section may carry (LAVIS's spelling): ``pretrained`` and ``finetuned`` are
+# local paths, used when ``load_pretrained`` / ``load_finetuned`` are not false.
+COMMON_MODEL_KEYS = ("arch", "model_type", "pretrained", "finetuned", "load_pretrained", "load_finetuned")
+
+
+def model_keys(model_cls):
+    """Valid keys of ``model_cls``'s section: its default YAMLs' keys, the common ones, its
+    ``MODEL_KEYS`` and ``KEY_ALIASES``; None when the class opts out (``MODEL_KEYS = None``)."""
+    extra = getattr(model_cls, "MODEL_KEYS", ())
+    if extra is None:
+        return None
+    keys = set(COMMON_MODEL_KEYS) | set(extra) | set(getattr(model_cls, "KEY_ALIASES", {}))
+    for rel in getattr(model_cls, "PRETRAINED_MODEL_CONFIG_DICT", {}).values():
+        path = Path(rel) if Path(rel).is_absolute() else PACKAGE_ROOT / rel
+        if path.is_file():
+            keys.update((load_yaml(path, "default model config").get("model") or {}).keys())
+    return keys
+
+
+def validate_model(model_cfg, user_model, model_cls, source_of, checker):
+    """Unknown model keys are errors (closest match, valid keys); LAVIS spellings in the class's
+    ``KEY_ALIASES`` (e.g. ``num_query_token``) become the canonical key; ``load_pretrained:
+    false`` / ``load_finetuned: false`` clear ``pretrained`` / ``finetuned``."""
+    arch = model_cfg.get("arch")
+    for alias, canonical in getattr(model_cls, "KEY_ALIASES", {}).items():
+        if alias not in model_cfg:
+            continue
+        if canonical in user_model and user_model[canonical] != model_cfg[alias]:
+            raise ConfigError(
+                f"{source_of('model', alias)}: model.{alias} ({model_cfg[alias]!r}) and model.{canonical} "
+                f"({user_model[canonical]!r}) name the same setting; keep one."
+            )
+        model_cfg[canonical] = model_cfg[alias]
+        del model_cfg[alias]
+    valid = model_keys(model_cls)
+    if valid is not None:
+        for key in list(model_cfg.keys()):
+            if key not in valid:
+                guess = closest_match(key, valid)
+                hint = f" Did you mean {guess!r}?" if guess else ""
+                checker.unknown(
+                    f"{source_of('model', key)}: unknown model key {key!r} for model {arch!r}.{hint} "
+                    f"Valid model keys: {', '.join(sorted(valid))}.",
+                    model_cfg,
+                    key,
+                )
+    for flag, key in (("load_pretrained", "pretrained"), ("load_finetuned", "finetuned")):
+        if model_cfg.get(flag) is False and key in model_cfg:
+            model_cfg[key] = None
+
+
+# ---------------------------------------------------------------------- dataset sections
+PROCESSOR_SECTIONS = ("vis_processor", "text_processor")
+
+
+def dataset_defaults(name, dcfg, builder_cls, source):
+    """The builder's default YAML for ``datasets.<name>`` (filed under ``name``, so an alias
+    such as LAVIS's ``coco_caption`` gets it too). A processor the project renames drops the
+    default's settings for that split: settings of one processor mean nothing to another."""
+    OmegaConf = _omegaconf()
+    dtype = (dcfg or {}).get("type", "default") if dcfg is not None else "default"
+    default_path = builder_cls.default_config_path(dtype, source=source)
+    if default_path is None:
+        return None
+    loaded = load_yaml(default_path, f"default config of dataset {name!r}").get("datasets") or {}
+    if name in loaded:
+        default = loaded[name]
+    elif len(loaded) == 1:
+        default = next(iter(loaded.values()))
+    else:
+        raise ConfigError(f"{default_path}: a dataset default YAML must hold one entry under 'datasets:' (found {list(loaded)}).")
+    default = OmegaConf.create(to_plain(default) or {})
+    for section in PROCESSOR_SECTIONS:
+        mine, theirs = (dcfg or {}).get(section), default.get(section)
+        if not mine or not theirs or not OmegaConf.is_dict(mine):
+            continue
+        for split in list(mine.keys()):
+            new, old = mine.get(split), theirs.get(split)
+            if new is not None and old is not None and new.get("name") and new.get("name") != old.get("name"):
+                del theirs[split]
+    return default
+
+
+def processor_keys(proc_cls):
+    """Keyword arguments ``proc_cls`` accepts (its ``CONFIG_KEYS``, else its ``__init__``); None: any."""
+    keys = getattr(proc_cls, "CONFIG_KEYS", None)
+    if keys is not None:
+        return set(keys)
+    import inspect
+
+    params = inspect.signature(proc_cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != "self"}
+
+
+def validate_dataset(dcfg, name, builder_cls, source_of, checker):
+    """Processor names exist and get only keys they accept; ``build_info`` keys are known to the builder."""
+    for section in PROCESSOR_SECTIONS:
+        node = dcfg.get(section)
+        if not node:
+            continue
+        for split in list(node.keys()):
+            pcfg = node[split]
+            where = f"datasets.{name}.{section}.{split}"
+            if pcfg is None:
+                continue
+            if split not in ("train", "eval"):
+                checker.unknown(f"{source_of('datasets', name)}: {where}: unknown processor split {split!r}; valid: train, eval.", node, split)
+                continue
+            if not pcfg.get("name"):
+                raise ConfigError(f"{source_of('datasets', name)}: {where}.name is not set; registered processors: {', '.join(registry.list_processors())}.")
+            proc_cls = _lookup("processor", pcfg.name, source_of("datasets", name), f"{where}.name")
+            valid = processor_keys(proc_cls)
+            if valid is None:
+                continue
+            for key in list(pcfg.keys()):
+                if key != "name" and key not in valid:
+                    guess = closest_match(key, valid)
+                    hint = f" Did you mean {guess!r}?" if guess else ""
+                    checker.unknown(
+                        f"{source_of('datasets', name)}: {where}: processor {pcfg.name!r} has no setting {key!r}.{hint} "
+                        f"Valid: {', '.join(sorted(valid)) or '(none)'}.",
+                        pcfg,
+                        key,
+                    )
+    check = getattr(builder_cls, "check_build_info", None)
+    if check is not None and dcfg.get("build_info") is not None:
+        for key, message in check(dcfg.build_info, name):
+            checker.unknown(f"{source_of('datasets', name)}: {message}", dcfg.build_info, key)

@@ -19,7 +19,7 @@ import importlib
 import logging
 import threading
 
-from rslavis.common.builtin_index import BUILTINS
+from rslavis.common.builtin_index import ALIASES, BUILTINS
 from rslavis.common.errors import RegistryKeyError, RslavisError
 
 logger = logging.getLogger(__name__)
@@ -44,20 +44,38 @@ def _import_dotted(path):
     return getattr(importlib.import_module(module), attr)
 
 
-def closest_match(name, candidates):
-    """The candidate closest to ``name`` (difflib ratio), or None when nothing is close."""
+def closest_match(name, candidates, preferred=()):
+    """The candidate closest to ``name``, or None when nothing is close.
+
+    Containment comes first (``blip_captions`` -> ``blip_caption``; ``caption_coco`` ->
+    ``coco_caption`` by shared parts), preferring names in ``preferred`` (aliases), then
+    the difflib ratio."""
     import difflib  # only needed on the error path
 
-    found = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.5)
+    name = str(name)
+    candidates = list(candidates)
+    preferred = set(preferred)
+    low = name.lower()
+    contained = [c for c in candidates if c.lower() in low or low in c.lower()]
+    if not contained:  # same underscore-separated parts in another order
+        parts = set(low.split("_"))
+        contained = [c for c in candidates if len(parts) > 1 and set(c.lower().split("_")) == parts]
+    if contained:
+        ratio = lambda c: difflib.SequenceMatcher(None, low, c.lower()).ratio()  # noqa: E731
+        return max(contained, key=lambda c: (c in preferred, ratio(c)))
+    found = difflib.get_close_matches(name, [c for c in candidates if c in preferred], n=1, cutoff=0.75)
+    if not found:
+        found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
     return found[0] if found else None
 
 
 class Registry:
     """Name-to-class mapping for every registrable kind (see module docstring)."""
 
-    def __init__(self, builtins=None):
+    def __init__(self, builtins=None, aliases=None):
         self._classes = {kind: {} for kind in _KINDS}
         self._builtins = builtins if builtins is not None else BUILTINS
+        self._aliases = {kind: dict((aliases if aliases is not None else ALIASES).get(kind, {})) for kind in _KINDS}
         self._plugins_loaded = False
         self._lock = threading.RLock()
 
@@ -89,6 +107,19 @@ class Registry:
             return klass
 
         return add if cls is None else add(cls)
+
+    def register_alias(self, kind, alias, target):
+        """Make ``alias`` another name of the registered ``target`` (e.g. LAVIS's names)."""
+        if kind not in _KINDS:
+            raise RslavisError(f"Unknown registry kind {kind!r}; valid kinds: {', '.join(_KINDS)}.")
+        with self._lock:
+            if alias in self._classes[kind] or alias in self._builtins.get(kind, {}):
+                raise RslavisError(f"Cannot make {alias!r} an alias: it is a registered {kind} name itself.")
+            self._aliases[kind][alias] = target
+
+    def aliases(self, kind):
+        """``{alias: target}`` of ``kind``."""
+        return dict(self._aliases[kind])
 
     def register_model(self, name, cls=None, force=False):
         return self.register("model", name, cls, force)
@@ -147,7 +178,8 @@ class Registry:
 
     # ------------------------------------------------------------------ looking up
     def get(self, kind, name):
-        """The class registered as ``name``; raises :class:`RegistryKeyError` if unknown."""
+        """The class registered as ``name`` (or an alias of it); raises :class:`RegistryKeyError` if unknown."""
+        name = self._aliases[kind].get(name, name)
         with self._lock:
             if name in self._classes[kind]:
                 return self._classes[kind][name]
@@ -164,17 +196,23 @@ class Registry:
                 return self._classes[kind][name]
         names = self.list(kind)
         plural = _KINDS[kind][1]
-        guess = closest_match(name, names)
-        hint = f" Did you mean {guess!r}?" if guess else ""
+        aliases = self._aliases[kind]
+        guess = closest_match(name, names, preferred=aliases)
+        hint = f" Did you mean {guess!r}{f' (an alias of {aliases[guess]!r})' if guess in aliases else ''}?" if guess else ""
+        listed = [f"{n} (alias of {aliases[n]})" if n in aliases else n for n in names]
         raise RegistryKeyError(
             f"Unknown {kind.replace('_', ' ')} {name!r}.{hint} Registered {plural}: "
-            f"{', '.join(names) if names else '(none)'}."
+            f"{', '.join(listed) if listed else '(none)'}."
         )
 
     def list(self, kind):
-        """Sorted names of ``kind``: built-ins (not imported), registered and plugin names."""
+        """Sorted names of ``kind``: built-ins (not imported), registered and plugin names, and aliases."""
         self.load_plugins()
-        return sorted(set(self._classes[kind]) | set(self._builtins.get(kind, {})))
+        return sorted(set(self._classes[kind]) | set(self._builtins.get(kind, {})) | set(self._aliases[kind]))
+
+    def describe(self, kind):
+        """``{name: None for a class's own name, or the name an alias points to}`` (sorted)."""
+        return {n: self._aliases[kind].get(n) for n in self.list(kind)}
 
     def get_model_class(self, name):
         return self.get("model", name)

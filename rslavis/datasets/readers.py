@@ -332,3 +332,115 @@ def read_rsvqa(images_json, questions_json, answers_json, image_root, image_ext=
             }
         )
     return records
+
+
+# ---------------------------------------------------------------------- LAVIS
+LAVIS_CAPTION_LAYOUT = (
+    'a JSON list of {"image": <path relative to images.storage>, "caption": str (training: one record per caption) '
+    'or [str] (val/test: all references), "image_id"?} (LAVIS caption annotations)'
+)
+LAVIS_VQA_LAYOUT = (
+    'a JSON list of {"question_id", "question", "answer": str or [str], "image": <path relative to images.storage>, '
+    '"question_type"?} (LAVIS VQA annotations)'
+)
+
+
+def _image_id(record, image):
+    """``image_id`` as written, else the image file's stem (LAVIS val/test files carry none)."""
+    value = record.get("image_id")
+    return value if value is not None else Path(image).stem
+
+
+@_without_gc
+def read_caption_annotations(path, image_root, split=None, caption_field="raw", split_map=None, file_name_pattern=None):
+    """One split's caption records from a LAVIS list file, a COCO captions file or a Karpathy
+    ``dataset.json`` (its images of ``split``), told apart by their structure."""
+    data = load_json(path)
+    if isinstance(data, dict) and isinstance(data.get("images"), list) and data["images"] and "sentences" in data["images"][0]:
+        by_split = read_karpathy(path, image_root, caption_field, split_map)
+        if split is None:
+            return [r for recs in by_split.values() for r in recs]
+        if split not in by_split:
+            raise DataError(f"{path}: no image has split {split!r} (splits in the file: {', '.join(sorted(by_split))}).")
+        return by_split[split]
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        return read_coco_captions(path, image_root, file_name_pattern)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected {LAVIS_CAPTION_LAYOUT}, a COCO captions file or a Karpathy dataset.json.")
+    records, index = [], {}
+    for n, item in enumerate(data):
+        name = _field(item, "image", path, LAVIS_CAPTION_LAYOUT, n)
+        caption = _field(item, "caption", path, LAVIS_CAPTION_LAYOUT, n)
+        captions = [caption] if isinstance(caption, str) else caption
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise DataError(f"{path}: entry {n} 'caption' must be a string or a list of strings, got {caption!r}; expected {LAVIS_CAPTION_LAYOUT}.")
+        rec = index.get(name)
+        if rec is None:  # training files repeat the image once per caption: one record per image
+            image = _join(image_root, name)
+            rec = index[name] = {"image_id": _image_id(item, name), "image": image, "captions": [], "filename": name}
+            records.append(rec)
+        rec["captions"].extend(c.strip() for c in captions)
+    return records
+
+
+def _id_keys(value):
+    """Spellings under which an image id may appear on the other side: as written, the file stem,
+    and the stem's trailing number (LAVIS's ``COCO_val2014_000000391895.jpg`` is id 391895)."""
+    text = str(value)
+    keys = [text, Path(text).stem]
+    tail = Path(text).stem.rsplit("_", 1)[-1]
+    if tail.isdigit():
+        keys.append(str(int(tail)))
+    return keys
+
+
+@_without_gc
+def attach_coco_gt(records, gt_path):
+    """Replace each record's references with those of a COCO-format ground-truth file
+    (LAVIS scores val/test against ``coco_karpathy_<split>_gt.json``); ids are matched as
+    written, by file stem, or by the stem's trailing number. Every record must be found."""
+    data = load_json(gt_path)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{gt_path}: no 'annotations' list; expected {COCO_LAYOUT}.")
+    refs = {}
+    for n, ann in enumerate(data["annotations"]):
+        image_id = _field(ann, "image_id", gt_path, COCO_LAYOUT, n)
+        refs.setdefault(str(image_id), (image_id, []))[1].append(str(_field(ann, "caption", gt_path, COCO_LAYOUT, n)).strip())
+    missing = []
+    for rec in records:
+        hit = next((refs[k] for k in _id_keys(rec["image_id"]) + _id_keys(rec["image"]) if k in refs), None)
+        if hit is None:
+            missing.append(rec["image_id"])
+            continue
+        rec["image_id"], rec["captions"] = hit[0], list(hit[1])
+    if missing:
+        raise DataError(f"{gt_path}: {len(missing)} image(s) of the annotation file have no ground truth here (first: {missing[:5]}).")
+    return records
+
+
+@_without_gc
+def read_vqa_annotations(path, image_root):
+    """VQA records from a LAVIS list file (``answer`` a string or a list of accepted answers)."""
+    data = load_json(path)
+    if isinstance(data, dict):
+        data = data.get("annotations", data.get("data"))
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected {LAVIS_VQA_LAYOUT}.")
+    records = []
+    for n, item in enumerate(data):
+        name = _field(item, "image", path, LAVIS_VQA_LAYOUT, n)
+        answer = item.get("answer", item.get("answers"))
+        if answer is None:
+            raise DataError(f"{path}: entry {n} has no 'answer' field; expected {LAVIS_VQA_LAYOUT}.")
+        answers = [answer] if isinstance(answer, str) else [str(a) for a in answer]
+        records.append(
+            {
+                "image_id": _image_id(item, name),
+                "image": _join(image_root, name),
+                "question_id": item.get("question_id", n),
+                "question": str(_field(item, "question", path, LAVIS_VQA_LAYOUT, n)).strip(),
+                "answers": [a.strip() for a in answers],
+                "question_type": item.get("question_type") or item.get("type") or "",
+            }
+        )
+    return records

@@ -16,31 +16,16 @@ import sys
 from collections import Counter
 
 
-def load_dataset_configs(cfg_path, options=None):
-    """``{name: merged dataset config}`` (dataset default YAML < project < options); no run validation."""
-    from omegaconf import OmegaConf
-
-    from rslavis.common.config import load_yaml, parse_options
+def load_dataset_configs(cfg_path, options=None, lenient=False):
+    """``{name: merged dataset config}`` (dataset default YAML < project < options), validated
+    as for training; a file with only a ``datasets:`` section is fine (no task needed)."""
+    from rslavis.common.config import Config
     from rslavis.common.errors import ConfigError
-    from rslavis.common.registry import registry
 
-    project = load_yaml(cfg_path, "project config")
-    user = OmegaConf.merge(project, parse_options(options))
-    registry.load_plugins([str(p) for p in (user.get("plugins") or [])])
-    datasets = user.get("datasets")
-    if not datasets:
+    cfg = Config.from_file(cfg_path, options, require_task=False, lenient=lenient)
+    if not cfg.datasets:
         raise ConfigError(f"{cfg_path}: no 'datasets' section to inspect.")
-    out = {}
-    for name, dcfg in datasets.items():
-        try:
-            builder_cls = registry.get_builder_class(name)
-        except KeyError as exc:
-            raise ConfigError(f"{cfg_path}: datasets.{name}: {exc}") from None
-        dtype = (dcfg or {}).get("type", "default") if dcfg is not None else "default"
-        default = builder_cls.default_config_path(dtype, source=str(cfg_path))
-        parts = [load_yaml(default, f"default config of dataset {name!r}").datasets[name]] if default is not None else []
-        out[name] = OmegaConf.merge(*parts, dcfg or {})
-    return out
+    return {name: cfg.datasets[name] for name in cfg.datasets}
 
 
 def split_records(name, dcfg):
@@ -124,10 +109,11 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=10, help="objects to list per split")
     ap.add_argument("--no-image-check", action="store_true", help="skip the existence check of every image file")
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ap.add_argument("--lenient", action="store_true", help="unknown sections and keys warn (one line each) instead of failing")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     args = ap.parse_args(argv)
     try:
-        configs = load_dataset_configs(args.cfg_path, args.options)
+        configs = load_dataset_configs(args.cfg_path, args.options, args.lenient)
         report = {}
         for name, dcfg in configs.items():
             if args.parser:

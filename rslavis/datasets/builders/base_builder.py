@@ -13,6 +13,12 @@ Keys every builder understands (besides its own ``build_info`` paths):
 * ``count_dict``: per-image object counts (see :mod:`rslavis.datasets.count_dicts`);
 * ``feature_cache: {enabled, cache_dir, encoder}``: serve ``image_features`` from an
   existing cache of a frozen encoder (see :mod:`rslavis.datasets.feature_cache`).
+
+Caption and VQA builders also read LAVIS's layout: ``build_info.annotations.<split>.storage``
+(``url`` is taken as the local path when ``storage`` is absent; ``md5`` is ignored),
+optional ``annotations.<split>.coco_gt`` (COCO-format references to score against) and
+``images.storage`` (the folder the records' ``image`` paths are relative to). Unknown
+``build_info`` keys are errors listing the valid ones.
 """
 
 import logging
@@ -37,8 +43,16 @@ def _get(cfg, key, default=None):
     return default if value is None else value
 
 
+COMMON_BUILD_INFO_KEYS = ("strict", "high_bit_depth", "bands")
+LAVIS_BUILD_INFO_KEYS = ("annotations", "images")
+LAVIS_SPLIT_KEYS = ("storage", "url", "md5", "coco_gt")
+
+
 class BaseDatasetBuilder:
     DATASET_CONFIG_DICT = {}
+    # build_info keys besides those of the default YAMLs; None: any key (no check)
+    BUILD_INFO_KEYS = ()
+    LAVIS_LAYOUT = False  # reads build_info.annotations.<split>.storage / images.storage
     # For the missing-path error: the dataset's name, where it is published, its file layout.
     TITLE = ""
     PUBLISHED_AT = ""
@@ -60,6 +74,51 @@ class BaseDatasetBuilder:
             valid = ", ".join(sorted(cls.DATASET_CONFIG_DICT))
             raise ConfigError(f"{source}: dataset type {type_!r} is unknown for {cls.__name__}; valid: {valid}.")
         return PACKAGE_ROOT / cls.DATASET_CONFIG_DICT[type_]
+
+    @classmethod
+    def build_info_keys(cls):
+        """Valid ``build_info`` keys: those of every default YAML, the shared ones, ``BUILD_INFO_KEYS``."""
+        if cls.BUILD_INFO_KEYS is None:
+            return None
+        from rslavis.common.config import load_yaml
+
+        keys = set(COMMON_BUILD_INFO_KEYS) | set(cls.BUILD_INFO_KEYS)
+        if cls.LAVIS_LAYOUT:
+            keys |= set(LAVIS_BUILD_INFO_KEYS)
+        for rel in cls.DATASET_CONFIG_DICT.values():
+            for dcfg in (load_yaml(PACKAGE_ROOT / rel, "default dataset config").get("datasets") or {}).values():
+                keys.update(_get(dcfg, "build_info", {}).keys())
+        return keys
+
+    @classmethod
+    def check_build_info(cls, build_info, name):
+        """``[(key, message)]`` for each unknown key of ``build_info`` (and of LAVIS's split entries)."""
+        valid = cls.build_info_keys()
+        if valid is None:
+            return []
+        from rslavis.common.registry import closest_match
+
+        problems = []
+        for key in build_info.keys():
+            if key not in valid:
+                guess = closest_match(key, valid)
+                hint = f" Did you mean {guess!r}?" if guess else ""
+                problems.append((key, f"datasets.{name}.build_info: unknown key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}."))
+        annotations = build_info.get("annotations") if cls.LAVIS_LAYOUT else None
+        if annotations is not None and not hasattr(annotations, "keys"):
+            raise ConfigError(f"datasets.{name}.build_info.annotations must map splits to {{storage: <file>}}, got {annotations!r}.")
+        for split in (annotations or {}).keys():
+            node = annotations[split]
+            if node is None:
+                continue
+            if not hasattr(node, "keys"):
+                raise ConfigError(f"datasets.{name}.build_info.annotations.{split} must be {{storage: <file>}} (LAVIS layout), got {node!r}.")
+            for key in node.keys():
+                if key not in LAVIS_SPLIT_KEYS:
+                    raise ConfigError(
+                        f"datasets.{name}.build_info.annotations.{split}: unknown key {key!r}; valid: {', '.join(LAVIS_SPLIT_KEYS)}."
+                    )
+        return problems
 
     def build_processors(self):
         """Processors from ``vis_processor`` / ``text_processor``, each with ``train``/``eval``."""
@@ -104,6 +163,9 @@ class BaseDatasetBuilder:
         config key, the path tried, the expected layout and where the dataset is published.
         """
         value = self.info(*keys)
+        if hasattr(value, "keys"):  # LAVIS spelling: images: {storage: DIR}
+            keys = (*keys, "storage")
+            value = self.info(*keys)
         key = self.config_key(*keys)
         where = f" {self.TITLE or self.name} is published at {self.PUBLISHED_AT}." if self.PUBLISHED_AT else ""
         layout = f" Expected layout: {self.LAYOUT}." if self.LAYOUT else ""
@@ -118,6 +180,35 @@ class BaseDatasetBuilder:
                 f"{key}: {what} not found: {tried}.{layout}{where} Download it there or set {key} in the project YAML."
             )
         return str(path)
+
+    def annotation_files(self):
+        """``{split: local file}`` of LAVIS's ``build_info.annotations`` (None when not used).
+
+        ``storage`` is the local file; without it ``url`` is used as a local path (nothing is
+        downloaded). A split set to null is left out."""
+        annotations = self.info("annotations")
+        if annotations is None:
+            return None
+        out = {}
+        for split in annotations:
+            split = str(split)
+            node = self.info("annotations", split)
+            if node is None:
+                continue
+            field = "url" if self.info("annotations", split, "url") and not self.info("annotations", split, "storage") else "storage"
+            value = str(self.info("annotations", split, field, default=""))
+            if value.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"{self.config_key('annotations', split, field)}: {value} is a URL and nothing is downloaded; "
+                    f"download it and set {self.config_key('annotations', split, 'storage')} to the local file."
+                )
+            try:
+                out[split] = self.require_path("annotations", split, field, kind="file")
+            except DataError as exc:
+                raise DataError(f"{exc} To leave the split out, set {self.config_key('annotations', split)} to null.") from None
+        if not out:
+            raise ConfigError(f"{self.config_key('annotations')} lists no split; give {{train: {{storage: <file>}}, ...}}.")
+        return out
 
     def dataset_kwargs(self):
         """Keyword arguments shared by the dataset classes: ``strict`` and ``image_options``."""

@@ -18,17 +18,34 @@ logger = logging.getLogger(__name__)
 
 
 class CaptionBuilder(BaseDatasetBuilder):
-    """Shared ``build()``: ``read()`` gives ``({split: records}, [annotation paths])``."""
+    """Shared ``build()``: ``read()`` gives ``({split: records}, [annotation paths])``.
+
+    With LAVIS's ``build_info.annotations`` every caption builder reads one file per split
+    instead (LAVIS list format, COCO captions or Karpathy, told apart by structure; see
+    :func:`rslavis.datasets.readers.read_caption_annotations`), images under ``images.storage``.
+    """
 
     train_dataset_cls = CaptionTrainDataset
     eval_dataset_cls = CaptionEvalDataset
+    LAVIS_LAYOUT = True
 
     def read(self):
         raise NotImplementedError
 
+    def read_lavis(self):
+        files = self.annotation_files()
+        images = self.require_path("images", kind="dir")
+        field, split_map, pattern = str(self.info("caption_field", default="raw")), to_plain(self.info("split_map")), self.info("file_name_pattern")
+        records = {}
+        for split, path in files.items():
+            records[split] = readers.read_caption_annotations(path, images, split, field, split_map, pattern)
+            if self.info("annotations", split, "coco_gt"):
+                readers.attach_coco_gt(records[split], self.require_path("annotations", split, "coco_gt", kind="file"))
+        return records, list(files.values())
+
     def read_records(self):
         """``{split: records}`` with count dictionaries attached when configured (no datasets, no images)."""
-        records, paths = self.read()
+        records, paths = self.read_lavis() if self.info("annotations") is not None else self.read()
         return self.attach_count_dicts(records, paths)
 
     def build(self):
@@ -181,3 +198,17 @@ class VRSBenchCaptionBuilder(CaptionBuilder):
         if not records:
             raise ConfigError(f"{self.config_key('splits')} is not set; give {{split: {{annotation, images}}}}.")
         return records, paths
+
+
+# ---------------------------------------------------------------------- LAVIS
+@registry.register_builder("lavis_caption")
+class LavisCaptionBuilder(CaptionBuilder):
+    """Any caption dataset in LAVIS's layout (``build_info.annotations.<split>.storage``,
+    ``images.storage``); LAVIS's ``coco_caption`` name is an alias of this builder."""
+
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/lavis_caption/defaults.yaml"}
+    TITLE = "A caption dataset in LAVIS's layout"
+    LAYOUT = readers.LAVIS_CAPTION_LAYOUT
+
+    def read(self):
+        raise ConfigError(f"{self.config_key('annotations')} is not set; give {{train: {{storage: <file>}}, val: ..., test: ...}} (LAVIS layout).")

@@ -17,18 +17,30 @@ from rslavis.datasets.datasets.vqa_datasets import VQAEvalDataset, VQATrainDatas
 
 
 class VQABuilder(BaseDatasetBuilder):
+    """With LAVIS's ``build_info.annotations`` every VQA builder reads one LAVIS VQA file per
+    split (``{"question_id", "question", "answer", "image"}``), images under ``images.storage``."""
+
     train_dataset_cls = VQATrainDataset
     eval_dataset_cls = VQAEvalDataset
+    LAVIS_LAYOUT = True
 
     def read(self):
         """``{split: question records}``."""
         raise NotImplementedError
 
+    def read_lavis(self):
+        files = self.annotation_files()
+        images = self.require_path("images", kind="dir")
+        for split in files:
+            if self.info("annotations", split, "coco_gt"):
+                raise ConfigError(f"{self.config_key('annotations', split, 'coco_gt')}: COCO caption ground truth is for caption datasets; VQA answers come from 'answer'.")
+        return {split: readers.read_vqa_annotations(path, images) for split, path in files.items()}
+
     def read_records(self):
-        return self.read()
+        return self.read_lavis() if self.info("annotations") is not None else self.read()
 
     def build(self):
-        return {split: self.make_dataset(split, recs, self.train_dataset_cls, self.eval_dataset_cls) for split, recs in self.read().items()}
+        return {split: self.make_dataset(split, recs, self.train_dataset_cls, self.eval_dataset_cls) for split, recs in self.read_records().items()}
 
 
 @registry.register_builder("rsieval_vqa")
@@ -141,3 +153,15 @@ class RSVQAHRBuilder(RSVQABuilder):
     DATASET_CONFIG_DICT = {"default": "configs/datasets/rsvqa_hr/defaults.yaml"}
     TITLE = "RSVQA-HR (Lobry et al., 2020)"
     LAYOUT = "<annotation_dir>/USGS_split_<split>_{images,questions,answers}.json and <images>/<id>.tif (Data/)"
+
+
+@registry.register_builder("lavis_vqa")
+class LavisVQABuilder(VQABuilder):
+    """Any VQA dataset in LAVIS's layout; LAVIS's ``coco_vqa`` name is an alias of this builder."""
+
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/lavis_vqa/defaults.yaml"}
+    TITLE = "A VQA dataset in LAVIS's layout"
+    LAYOUT = readers.LAVIS_VQA_LAYOUT
+
+    def read(self):
+        raise ConfigError(f"{self.config_key('annotations')} is not set; give {{train: {{storage: <file>}}, val: ..., test: ...}} (LAVIS layout).")

@@ -37,6 +37,7 @@ from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
 from rslavis.models.encoders import local_path
+from rslavis.models.lavis_keys import LAVIS_MODEL_KEYS
 from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ DEFAULT_PROMPT = "Describe the image briefly."
 PRETRAINED_HINT = {
     "flant5xl": "Salesforce/instructblip-flan-t5-xl",
     "vicuna7b": "Salesforce/instructblip-vicuna-7b",
+    "flant5xxl": "Salesforce/instructblip-flan-t5-xxl",
+    "vicuna13b": "Salesforce/instructblip-vicuna-13b",
 }
 
 
@@ -68,7 +71,7 @@ def tiny_hf_config(cfg, tokenizer, qformer_tokenizer, image_token_id):
         intermediate_size=v.get("intermediate_size", 128),
         num_hidden_layers=v.get("num_layers", 2),
         num_attention_heads=v.get("num_heads", 4),
-        image_size=v.get("image_size", 64),
+        image_size=int(cfg.get("image_size") or v.get("image_size", 64)),  # LAVIS's model.image_size wins
         patch_size=v.get("patch_size", 8),
     )
     qformer = InstructBlipQFormerConfig(
@@ -190,8 +193,12 @@ class InstructBLIP(BaseModel):
         "tiny_opt": "configs/models/instructblip/tiny_opt.yaml",
         "flant5xl": "configs/models/instructblip/flant5xl.yaml",
         "vicuna7b": "configs/models/instructblip/vicuna7b.yaml",
+        "flant5xxl": "configs/models/instructblip/flant5xxl.yaml",
+        "vicuna13b": "configs/models/instructblip/vicuna13b.yaml",
     }
     DEFAULT_MODEL_TYPE = "tiny_opt"
+    KEY_ALIASES = {"num_query_token": "num_query_tokens"}  # LAVIS's spelling
+    MODEL_KEYS = LAVIS_MODEL_KEYS
 
     def __init__(self, cfg, tokenizer=None, qformer_tokenizer=None, hf_config=None):
         super().__init__()
@@ -205,6 +212,9 @@ class InstructBLIP(BaseModel):
         self.max_txt_len = int(self.cfg.get("max_txt_len", 64))
         self.max_output_txt_len = int(self.cfg.get("max_output_txt_len", 40))
         self.qformer_max_len = int(self.cfg.get("qformer_max_len", 64))
+        from rslavis.models import lavis_keys
+
+        lavis_keys.check_static(self.cfg, "instructblip")
         model_type = self.cfg.get("model_type") or self.DEFAULT_MODEL_TYPE
         if tokenizer is None and self.cfg.get("tokenizer_path"):
             tokenizer, qformer_tokenizer = load_tokenizers(self.cfg["tokenizer_path"], "model.tokenizer_path")
@@ -296,6 +306,12 @@ class InstructBLIP(BaseModel):
                             p.requires_grad = False
         if self.cfg.get("freeze_qformer", False):
             model.query_tokens.requires_grad = False
+        want = self.cfg.get("num_query_tokens")
+        if want is not None and int(want) != int(config.num_query_tokens):
+            raise ConfigError(f"model.num_query_tokens: {want} but the checkpoint has {config.num_query_tokens} Q-Former queries; set it to {config.num_query_tokens}.")
+        from rslavis.models import lavis_keys
+
+        lavis_keys.apply(self.cfg, model, model.vision_model, "instructblip", encoder_decoder=not config.use_decoder_only_language_model)
         self.model = model.to(self.device)
 
     def prepare_for_training(self, datasets, output_dir):

@@ -10,6 +10,8 @@ BUILTINS = {
     "model": {
         "smallcap": "rslavis.models.smallcap.model",
         "instructblip": "rslavis.models.instructblip.model",
+        "blip2": "rslavis.models.blip2.model",
+        "blip": "rslavis.models.blip.model",
         "smallcap_causal": "rslavis.models.smallcap.causal",
         "knn_caption": "rslavis.models.knn_caption",
         "rs_moe": "rslavis.models.rs_moe.model",
@@ -85,6 +87,9 @@ ALIASES = {
     "model": {
         "blip2_t5_instruct": "instructblip",
         "blip2_vicuna_instruct": "instructblip",
+        "blip2_opt": "blip2",
+        "blip2_t5": "blip2",
+        "blip_caption": "blip",
     },
     "builder": {
         "coco_caption": "lavis_caption",

@@ -468,18 +468,27 @@ def dataset_defaults(name, dcfg, builder_cls, source):
     such as LAVIS's ``coco_caption`` gets it too). A processor the project renames drops the
     default's settings for that split: settings of one processor mean nothing to another."""
     OmegaConf = _omegaconf()
-    dtype = (dcfg or {}).get("type", "default") if dcfg is not None else "default"
+    dtype = str((dcfg or {}).get("type", "default") if dcfg is not None else "default")
+
+    def read(path):
+        loaded = load_yaml(path, f"default config of dataset {name!r}").get("datasets") or {}
+        if name in loaded:
+            return OmegaConf.create(to_plain(loaded[name]) or {})
+        if len(loaded) == 1:
+            return OmegaConf.create(to_plain(next(iter(loaded.values()))) or {})
+        raise ConfigError(f"{path}: a dataset YAML must hold one entry under 'datasets:' (found {list(loaded)}).")
+
     default_path = builder_cls.default_config_path(dtype, source=source)
     if default_path is None:
         return None
-    loaded = load_yaml(default_path, f"default config of dataset {name!r}").get("datasets") or {}
-    if name in loaded:
-        default = loaded[name]
-    elif len(loaded) == 1:
-        default = next(iter(loaded.values()))
-    else:
-        raise ConfigError(f"{default_path}: a dataset default YAML must hold one entry under 'datasets:' (found {list(loaded)}).")
-    default = OmegaConf.create(to_plain(default) or {})
+    default = read(default_path)
+    if dtype.endswith((".yaml", ".yml")):  # one's own dataset YAML (LAVIS's has no processors): over the builder's default
+        base_path = builder_cls.default_config_path("default", source=source) if "default" in builder_cls.DATASET_CONFIG_DICT else None
+        if base_path is not None:
+            merged = OmegaConf.merge(read(base_path), default)
+            if default.get("build_info") is not None:  # its files replace the builder's default ones
+                merged.build_info = default.build_info
+            default = merged
     for section in PROCESSOR_SECTIONS:
         mine, theirs = (dcfg or {}).get(section), default.get(section)
         if not mine or not theirs or not OmegaConf.is_dict(mine):

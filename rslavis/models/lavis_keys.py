@@ -71,7 +71,11 @@ def apply(cfg, model, vision, arch, encoder_decoder=None):
             kind = "an encoder-decoder (T5)" if encoder_decoder else "a decoder-only"
             raise ConfigError(f"model.{key}: {cfg[key]!r} names a {'T5' if is_enc_dec else 'decoder-only'} LLM, but this {arch} model has {kind} LLM; remove model.{key} or pick a matching model_type.")
     if cfg.get("use_grad_checkpoint"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers' gradient checkpointing (renamed activation_checkpointing_enable in v5)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     precision = cfg.get("vit_precision")
     if precision is not None:
         set_vit_precision(vision, precision, next(model.language_model.parameters()).dtype if hasattr(model, "language_model") else torch.float32)

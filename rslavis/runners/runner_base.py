@@ -235,7 +235,10 @@ class RunnerBase:
             if run.get("resume_ckpt_path"):
                 self.load_model_weights(run.resume_ckpt_path)
             metrics = {}
-            for split in run.test_splits:
+            # as LAVIS: an evaluate-only run scores valid_splits, then test_splits
+            for split in list(run.get("valid_splits") or []):
+                metrics.update(self.evaluate_split(split, epoch=0, tag="val"))
+            for split in list(run.get("test_splits") or []):
                 metrics.update(self.evaluate_split(split, epoch=0, tag="test"))
             self.log.close()
             self.write_report()

@@ -8,10 +8,20 @@ import torch
 from rslavis.common.checkpoint import atomic_write_json
 from rslavis.common.dist_utils import is_main_process
 from rslavis.common.logger import progress
+from rslavis.common.prompts import strip_prompt
 from rslavis.common.registry import registry
 from rslavis.tasks.base_task import BaseTask
 
 logger = logging.getLogger(__name__)
+
+
+def output_prompt(splits):
+    """The prompt a text processor of these splits prepends to captions (train first), or ""."""
+    for name in ["train", *[s for s in splits if s != "train"]]:
+        prompt = getattr(getattr(splits.get(name), "text_processor", None), "prompt", "")
+        if isinstance(prompt, str) and prompt.strip():
+            return prompt
+    return ""
 
 
 @registry.register_task("captioning")
@@ -36,6 +46,10 @@ class CaptionTask(BaseTask):
         self.repetition_penalty = run.get("repetition_penalty") or 1.0
         self.length_penalty = run.get("length_penalty") or 1.0
         self.report_metric = run.get("report_metric", True)
+        if run.get("prompt"):
+            from rslavis.common.errors import ConfigError
+
+            raise ConfigError(f"run.prompt ({run.prompt!r}) is read by the vqa task only; for captions set model.prompt (the instruction) or the text_processor's prompt.")
         self.skip_metrics = {str(m).upper() for m in (run.get("skip_metrics") or [])}
         self.eval_rewards = {name: registry.get_reward_class(name).from_config({}) for name in (run.get("eval_rewards") or [])}
         method = str(run.get("inference_method") or "generate")
@@ -59,6 +73,14 @@ class CaptionTask(BaseTask):
                 self.eval_rewards[key[len("eval_reward/"):]].load_state_dict(value)
             elif key == "best_of_n" and self.best_of_n is not None:
                 self.best_of_n.load_state_dict(value)
+
+    def build_datasets(self, cfg):
+        datasets = super().build_datasets(cfg)
+        for splits in datasets.values():
+            prompt = output_prompt(splits)
+            for ds in splits.values():
+                ds.output_prompt = prompt
+        return datasets
 
     def generation_kwargs(self):
         return dict(
@@ -86,6 +108,9 @@ class CaptionTask(BaseTask):
         return results
 
     def after_evaluation(self, results, split, epoch, dataset, result_dir):
+        prompt = getattr(dataset, "output_prompt", "")
+        if prompt:
+            results = [dict(r, caption=strip_prompt(r["caption"], prompt)) for r in results]
         result_file = Path(result_dir) / f"{split}_epoch{epoch}.json"
         atomic_write_json(results, result_file)
         if not self.report_metric:

@@ -72,6 +72,10 @@ class VQATask(BaseTask):
         self.repetition_penalty = run.get("repetition_penalty") or 1.0
         self.length_penalty = run.get("length_penalty") or 1.0
         self.rank_chunk = int(run.get("rank_chunk") or 64)
+        # LAVIS's run.prompt ("Question: {} Short answer:") wraps each question at inference
+        self.prompt = run.get("prompt") or ""
+        if self.prompt and "{}" not in self.prompt:
+            raise ConfigError(f"run.prompt: {self.prompt!r} must contain {{}} where the question goes (LAVIS: \"Question: {{}} Short answer:\").")
         answer_list = run.get("answer_list")
         if answer_list is not None and not isinstance(answer_list, str):
             from omegaconf import OmegaConf
@@ -106,6 +110,8 @@ class VQATask(BaseTask):
         )
 
     def answer(self, model, samples):
+        if self.prompt and "text_input" in samples:
+            samples = dict(samples, text_input=[self.prompt.format(t) for t in samples["text_input"]])
         if self.inference_method == "rank":
             if not hasattr(model, "rank_answers"):
                 raise ConfigError(f"run.inference_method rank: {type(model).__name__} has no rank_answers(); use generate.")

@@ -52,7 +52,7 @@ def write_lavis_data(root, n_per_split=(4, 2, 2)):
                 cap.append({"image": rel, "caption": refs})
                 gt_images.append({"id": number})
                 gt_anns.extend({"image_id": number, "caption": c.upper(), "id": len(gt_anns)} for c in refs)
-            for q, (question, answers) in enumerate(QUESTIONS[:2]):
+            for q, (question, answers) in enumerate(QUESTIONS):
                 vqa.append({"question_id": number * 10 + q, "question": question, "answer": answers, "image": rel, "dataset": "rs"})
             k += 1
         files[f"cap_{split}"] = ann / f"cap_{split}.json"

@@ -75,7 +75,7 @@ def test_every_caption_builder_reads_the_lavis_layout(tmp_path, lavis_data, name
 def test_every_vqa_builder_reads_the_lavis_vqa_format(tmp_path, lavis_data, name):
     b = build(tmp_path, lavis_section(name, lavis_data, kind="vqa"))
     recs = b.read_records()
-    assert {k: len(v) for k, v in recs.items()} == {"train": 8, "val": 4, "test": 4}
+    assert {k: len(v) for k, v in recs.items()} == {"train": 12, "val": 6, "test": 6}
     q = recs["train"][0]
     assert q["question_id"] == 10000 and q["answers"] == ["two", "2"] and q["question"] == "how many planes are there?"
 

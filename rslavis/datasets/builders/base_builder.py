@@ -68,11 +68,16 @@ class BaseDatasetBuilder:
 
     @classmethod
     def default_config_path(cls, type_="default", source="config"):
+        if str(type_).endswith((".yaml", ".yml")):  # a dataset YAML of one's own (e.g. LAVIS's defaults_cap.yaml)
+            path = Path(str(type_)).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{source}: dataset type {type_!r}: file not found (resolved from {Path.cwd()}).")
+            return path
         if not cls.DATASET_CONFIG_DICT:
             return None
         if type_ not in cls.DATASET_CONFIG_DICT:
             valid = ", ".join(sorted(cls.DATASET_CONFIG_DICT))
-            raise ConfigError(f"{source}: dataset type {type_!r} is unknown for {cls.__name__}; valid: {valid}.")
+            raise ConfigError(f"{source}: dataset type {type_!r} is unknown for {cls.__name__}; valid: {valid}, or the path of a dataset YAML.")
         return PACKAGE_ROOT / cls.DATASET_CONFIG_DICT[type_]
 
     @classmethod

@@ -206,7 +206,7 @@ class LavisCaptionBuilder(CaptionBuilder):
     """Any caption dataset in LAVIS's layout (``build_info.annotations.<split>.storage``,
     ``images.storage``); LAVIS's ``coco_caption`` name is an alias of this builder."""
 
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/lavis_caption/defaults.yaml"}
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/lavis_caption/defaults.yaml", "eval": "configs/datasets/lavis_caption/defaults.yaml"}
     TITLE = "A caption dataset in LAVIS's layout"
     LAYOUT = readers.LAVIS_CAPTION_LAYOUT
 

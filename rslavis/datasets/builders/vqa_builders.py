@@ -159,7 +159,7 @@ class RSVQAHRBuilder(RSVQABuilder):
 class LavisVQABuilder(VQABuilder):
     """Any VQA dataset in LAVIS's layout; LAVIS's ``coco_vqa`` name is an alias of this builder."""
 
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/lavis_vqa/defaults.yaml"}
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/lavis_vqa/defaults.yaml", "eval": "configs/datasets/lavis_vqa/defaults.yaml"}
     TITLE = "A VQA dataset in LAVIS's layout"
     LAYOUT = readers.LAVIS_VQA_LAYOUT
 

@@ -457,6 +457,12 @@ def validate_model(model_cfg, user_model, model_cls, source_of, checker):
     for flag, key in (("load_pretrained", "pretrained"), ("load_finetuned", "finetuned")):
         if model_cfg.get(flag) is False and key in model_cfg:
             model_cfg[key] = None
+        value = model_cfg.get(key)
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{source_of('model', key)}: model.{key} is a URL ({value}) and nothing is downloaded; "
+                f"download it and set model.{key} to the local path (or model.{flag}: false)."
+            )
 
 
 # ---------------------------------------------------------------------- dataset sections

@@ -149,3 +149,11 @@ def test_unknown_build_info_key_names_key_and_valid_ones(tmp_path):
     lavis = MODEL + "datasets:\n  coco_caption:\n    build_info:\n      annotations:\n        train: {storage: a.json, md55: x}\n" + RUN
     with pytest.raises(ConfigError, match="annotations.train: unknown key 'md55'; valid: storage, url, md5, coco_gt"):
         Config.from_file(write(tmp_path, lavis, "l.yaml"))
+
+
+def test_checkpoint_urls_are_refused_in_one_line(tmp_path):
+    url = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/blip2_caption_opt2.7b.pth"
+    p = write(tmp_path, MODEL + f"  load_finetuned: True\n  finetuned: {url}\n" + DATA + RUN)
+    with pytest.raises(ConfigError, match="model.finetuned is a URL .* nothing is downloaded; download it and set model.finetuned to the local path"):
+        Config.from_file(p)
+    assert Config.from_file(p, ["model.load_finetuned=False"]).model.finetuned is None

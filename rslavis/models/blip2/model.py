@@ -83,7 +83,8 @@ class Blip2(InstructBLIP):
         self.model = None
         self.tokenizer = None
         self.qformer_tokenizer = None
-        self.prompt = self.cfg.get("prompt") or DEFAULT_PROMPT
+        prompt = self.cfg.get("prompt")
+        self.prompt = str(prompt) if prompt is not None else DEFAULT_PROMPT  # "" (LAVIS's pretrain_* types) stays empty
         self.max_txt_len = int(self.cfg.get("max_txt_len", 64))
         self.max_output_txt_len = int(self.cfg.get("max_output_txt_len", 40))
         from rslavis.models import lavis_keys

@@ -327,7 +327,7 @@ def test_training_split_with_no_readable_image_is_an_error(project, cache, capsy
     ("run.batch_size_train=0", "run.batch_size_train is 0; a batch size must be > 0"),
     ("run.val_freq=0", "run.val_freq is 0; a frequency in epochs must be > 0"),
     ("run.log_freq=0", "run.log_freq is 0; a frequency in steps must be > 0"),
-    ("run.save_freq=-1", "run.save_freq is -1; a frequency in epochs must be > 0"),
+    ("run.save_freq=-2", "run.save_freq is -2; a frequency in epochs (or -1, LAVIS's: only the last and the best) must be > 0"),  # -1: LAVIS's "last and best only"
     ("run.max_epoch=-1", "run.max_epoch is -1; a number of epochs (0: evaluate only) must be >= 0"),
     ("run.min_scored_fraction=1.5", "run.min_scored_fraction is 1.5; a fraction of a split's items must be between 0 and 1"),
 ])

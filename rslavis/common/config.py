@@ -94,7 +94,7 @@ RUN_RANGES = {
     "accum_grad_iters": (0, True, None, "a number of batches"),
     "log_freq": (0, True, None, "a frequency in steps"),
     "val_freq": (0, True, None, "a frequency in epochs"),
-    "save_freq": (0, True, None, "a frequency in epochs"),
+    "save_freq": (0, True, None, "a frequency in epochs (or -1, LAVIS's: only the last and the best)"),
     "grad_clip": (0, True, None, "a gradient norm"),
     "world_size": (0, True, None, "a number of processes"),
     "min_scored_fraction": (0, False, 1, "a fraction of a split's items"),
@@ -274,6 +274,8 @@ def validate_run(run_cfg, schema, source_of, checker=None):
                 f"{source_of('run', key)}: run.{key} must be {_TYPE_NAMES.get(expected, expected)}, "
                 f"got {value!r} ({type(value).__name__})."
             )
+        if key == "save_freq" and value == -1:  # LAVIS: -1 saves only the last and the best checkpoints
+            continue
         if key in RUN_RANGES and value is not None:
             low, open_low, high, what = RUN_RANGES[key]
             if value < low or (open_low and value == low) or (high is not None and value > high):

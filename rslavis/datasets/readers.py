@@ -371,16 +371,16 @@ def read_caption_annotations(path, image_root, split=None, caption_field="raw", 
     for n, item in enumerate(data):
         name = _field(item, "image", path, LAVIS_CAPTION_LAYOUT, n)
         caption = _field(item, "caption", path, LAVIS_CAPTION_LAYOUT, n)
-        captions = [caption] if isinstance(caption, str) else caption
-        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-            raise DataError(f"{path}: entry {n} 'caption' must be a string or a list of strings, got {caption!r}; expected {LAVIS_CAPTION_LAYOUT}.")
+        if not isinstance(caption, list):
+            caption = [caption]
+        captions = [_text(c, path, n, "caption") for c in caption]
         rec = index.get(name)
         if rec is None:  # training files repeat the image once per caption: one record per image
             image = _join(image_root, name)
             rec = index[name] = {"image_id": _image_id(item, name), "image": image, "captions": [], "filename": name}
             records.append(rec)
-        rec["captions"].extend(c.strip() for c in captions)
-    return records
+        rec["captions"].extend(captions)
+    return check_unique_ids(records, path)
 
 
 def _id_keys(value):
@@ -405,7 +405,7 @@ def attach_coco_gt(records, gt_path):
     refs = {}
     for n, ann in enumerate(data["annotations"]):
         image_id = _field(ann, "image_id", gt_path, COCO_LAYOUT, n)
-        refs.setdefault(str(image_id), (image_id, []))[1].append(str(_field(ann, "caption", gt_path, COCO_LAYOUT, n)).strip())
+        refs.setdefault(str(image_id), (image_id, []))[1].append(_text(_field(ann, "caption", gt_path, COCO_LAYOUT, n), gt_path, n, "caption", "annotation"))
     missing = []
     for rec in records:
         hit = next((refs[k] for k in _id_keys(rec["image_id"]) + _id_keys(rec["image"]) if k in refs), None)
@@ -432,15 +432,15 @@ def read_vqa_annotations(path, image_root):
         answer = item.get("answer", item.get("answers"))
         if answer is None:
             raise DataError(f"{path}: entry {n} has no 'answer' field; expected {LAVIS_VQA_LAYOUT}.")
-        answers = [answer] if isinstance(answer, str) else [str(a) for a in answer]
+        answers = [_text(a, path, n, "answer") for a in (answer if isinstance(answer, list) else [answer])]
         records.append(
             {
                 "image_id": _image_id(item, name),
                 "image": _join(image_root, name),
                 "question_id": item.get("question_id", n),
-                "question": str(_field(item, "question", path, LAVIS_VQA_LAYOUT, n)).strip(),
-                "answers": [a.strip() for a in answers],
+                "question": _text(_field(item, "question", path, LAVIS_VQA_LAYOUT, n), path, n, "question"),
+                "answers": answers,
                 "question_type": item.get("question_type") or item.get("type") or "",
             }
         )
-    return records
+    return check_unique_ids(records, path, "question_id")

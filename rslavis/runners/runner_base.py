@@ -273,7 +273,7 @@ class RunnerBase:
                 if agg is not None and agg > self.best_agg:
                     self.best_agg, self.best_epoch = agg, epoch
                     self.save_checkpoint(epoch, "checkpoint_best.pth")
-            if (epoch + 1) % run.save_freq == 0 or (last and run.save_last):
+            if (run.save_freq > 0 and (epoch + 1) % run.save_freq == 0) or (last and run.save_last):  # -1 (LAVIS): last and best only
                 self.save_checkpoint(epoch, "checkpoint_latest.pth")
             dist_utils.barrier()
         logger.info("training finished in %.1f s", time.time() - start)

@@ -151,3 +151,16 @@ def test_baselines_and_datasets_clis_take_a_datasets_only_file(tmp_path, lavis_d
     out = run_python(["-m", "rslavis.baselines", "--cfg-path", str(p), "--no-meteor", "--no-spice", "--no-objects"])
     assert out.returncode == 0, out.stderr
     assert "coco_caption test most_frequent_caption" in out.stdout
+
+
+def test_null_caption_and_duplicate_question_id_are_named(tmp_path, lavis_data):
+    data = json.loads(lavis_data["cap_train"].read_text())
+    data[4]["caption"] = None
+    lavis_data["cap_train"].write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"cap_train.json: entry 4: 'caption' is None .* it must be a string"):
+        build(tmp_path, lavis_section("ucm_caption", lavis_data, splits=("train",))).read_records()
+    vqa = json.loads(lavis_data["vqa_val"].read_text())
+    vqa[1]["question_id"] = vqa[0]["question_id"]
+    lavis_data["vqa_val"].write_text(json.dumps(vqa))
+    with pytest.raises(DataError, match=r"vqa_val.json: question_id \d+ is used by records 0 and 1"):
+        build(tmp_path, lavis_section("rsieval_vqa", lavis_data, splits=("val",), kind="vqa")).read_records()

@@ -199,6 +199,7 @@ class InstructBLIP(BaseModel):
     DEFAULT_MODEL_TYPE = "tiny_opt"
     KEY_ALIASES = {"num_query_token": "num_query_tokens"}  # LAVIS's spelling
     MODEL_KEYS = LAVIS_MODEL_KEYS
+    ARCH = "instructblip"
 
     def __init__(self, cfg, tokenizer=None, qformer_tokenizer=None, hf_config=None):
         super().__init__()
@@ -311,7 +312,7 @@ class InstructBLIP(BaseModel):
             raise ConfigError(f"model.num_query_tokens: {want} but the checkpoint has {config.num_query_tokens} Q-Former queries; set it to {config.num_query_tokens}.")
         from rslavis.models import lavis_keys
 
-        lavis_keys.apply(self.cfg, model, model.vision_model, "instructblip", encoder_decoder=not config.use_decoder_only_language_model)
+        lavis_keys.apply(self.cfg, model, model.vision_model, self.ARCH, encoder_decoder=not config.use_decoder_only_language_model)
         self.model = model.to(self.device)
 
     def prepare_for_training(self, datasets, output_dir):

@@ -8,12 +8,15 @@ Output folder ``<run.output_dir>/<job_id>/``::
     checkpoint_latest.pth       written every ``save_freq`` epochs (atomic), for resume
     checkpoint_best.pth         best ``agg_metrics`` on the first validation split
     result/<split>_epoch<N>.json   predictions
-    metrics_<split>.json        metrics of the last evaluation of each split
+    metrics_<split>.json        metrics of the last evaluation of each split (with n_scored / n_expected)
+    .lock                       pid and host of the run using the folder (see rslavis.common.job_lock)
 
 Exactness of resume: the data order of epoch ``e`` is drawn from a generator seeded
 with ``seed + e`` (not from the global RNG), the learning rate is a function of
-``(epoch, step)``, and the checkpoint holds every RNG state, so a resumed run repeats
-the uninterrupted one bit for bit on CPU.
+``(epoch, step)``, and the checkpoint holds every RNG state and the task's state
+(:meth:`BaseTask.state_dict`: reward windows, running normalisation), so a resumed run
+repeats the uninterrupted one bit for bit on CPU; ``log.jsonl`` is cut back to the
+checkpoint, so no step is logged twice.
 """
 
 import atexit

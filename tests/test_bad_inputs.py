@@ -159,6 +159,19 @@ def test_inf_reward_with_skip_drops_the_sample_and_counts_it(project, tmp_path, 
     assert norm["mean"] == pytest.approx(0.5) and norm["var"] == pytest.approx(0.0)  # never absorbed the inf
 
 
+def test_nan_through_the_reward_helper_is_not_hidden(fresh_registry):
+    from rslavis.rewards.base_reward import BaseReward
+    from rslavis.rewards.combine import NonFiniteRewardError, build_reward
+
+    @fresh_registry.register_reward("helper_nan")
+    class HelperNan(BaseReward):
+        def __call__(self, generated, references, **extra):
+            return self.as_tensor([float("nan")] + [1.0] * (len(generated) - 1))
+
+    with pytest.raises(NonFiniteRewardError, match="reward 'helper_nan' returned nan for caption 'a road'"):
+        build_reward({"helper_nan": 1.0}, reg=fresh_registry).compute(["a road", "a field"], [["a road"], ["a field"]])
+
+
 def test_running_normalisation_ignores_non_finite_values():
     from rslavis.rewards.combine import RunningNorm
 

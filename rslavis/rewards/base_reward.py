@@ -6,8 +6,9 @@ import torch
 class BaseReward:
     """A reward scores generated captions against references, one float per caption.
 
-    ``reward(generated, references, **extra)`` returns a float tensor of shape (batch,)
-    with no NaN or inf. ``extra`` may carry ``count_dicts``, ``logprobs``, ``image_ids``;
+    ``reward(generated, references, **extra)`` returns a float tensor of shape (batch,).
+    A NaN or inf in it is reported by :class:`~rslavis.rewards.combine.CombinedReward`
+    (an error naming the reward and caption, or a skipped sample: ``run.nonfinite_rewards``). ``extra`` may carry ``count_dicts``, ``logprobs``, ``image_ids``;
     a reward ignores the keys it does not use. Loss terms (``is_loss_term = True``) are
     called with the policy's log-probabilities and a mask instead and return a scalar.
     """
@@ -36,6 +37,6 @@ class BaseReward:
 
     @staticmethod
     def as_tensor(values):
-        """Float tensor with NaN/inf replaced by 0, the contract's last line of defence."""
-        t = torch.as_tensor(values, dtype=torch.float32)
-        return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+        """Float tensor of ``values``. NaN and inf are kept: replacing them by 0 here would train on
+        a silent 0 (CombinedReward reports them instead)."""
+        return torch.as_tensor(values, dtype=torch.float32)

@@ -3,7 +3,10 @@
 For each seed: a tiny SmallCap is trained with cross-entropy on the synthetic aerial
 scenes (``python -m rslavis.train``, task ``captioning``); from its checkpoint
 (``model.finetuned``) two SCST runs follow with the same number of steps and learning
-rate: rewards ``{cider: 1}`` and ``{cider: 1, count: 1}``. Every run is evaluated by
+rate: rewards ``{cider: 1}`` and ``{cider: 1, count: 1}``, and the equal-compute control:
+cross-entropy continued from the same checkpoint for the same number of steps, images
+per step and learning rate (task ``scst`` with ``scst_start_epoch`` past the run, so every
+step is cross-entropy). A gain is SCST's only if it beats that control. Every run is evaluated by
 greedy decoding on the same validation split; the script prints, per seed and as mean
 +- standard deviation over seeds, CIDEr-D (pycocoevalcap) and the mean absolute count
 error (over objects counted both in the caption and in the scene's ``count_dict``,
@@ -72,7 +75,8 @@ def scores(result_file, val):
     counts = {r["image_id"]: r["count_dict"] for r in val.records}
     cider = caption_metrics(refs, preds, meteor=False, spice=False)["CIDEr"]
     obj = object_metrics(refs, preds, parser="rules", count_dicts=counts)
-    return {"CIDEr": cider, "count_abs_error": obj["count_abs_error"], "n_counted": obj["n_counted"]}
+    err = obj["count_abs_error"]  # None when no count was compared
+    return {"CIDEr": cider, "count_abs_error": float("nan") if err is None else err, "n_counted": obj["n_counted"]}
 
 
 def main():
@@ -111,10 +115,11 @@ def main():
         if val is None:  # the same split for every run (the cache exists now)
             val = registry.get_builder_class("rs_synthetic")(c.datasets.rs_synthetic, "rs_synthetic").build_datasets()["val"]
         row = {"seed": seed, "ce": scores(ce_dir / "result" / f"val_epoch{args.ce_epochs - 1}.json", val), "ce_s": secs}
-        for name, rewards in (("cider", "{cider: 1.0}"), ("cider+count", "{cider: 1.0, count: 1.0}")):
+        for name, rewards in (("ce_more", "{cider: 1.0}"), ("cider", "{cider: 1.0}"), ("cider+count", "{cider: 1.0, count: 1.0}")):
             job = f"scst{seed}_{name.replace('+', '_')}"
+            start = 1 if name == "ce_more" else 0  # ce_more: SCST never starts, the same steps are cross-entropy
             opts = [f"run.job_id={job}", f"run.seed={seed}", "run.task=scst", f"model.finetuned={ce_dir / 'checkpoint_best.pth'}",
-                    "run.scst_start_epoch=0", "run.max_epoch=1", f"run.iters_per_epoch={args.scst_steps}",
+                    f"run.scst_start_epoch={start}", "run.max_epoch=1", f"run.iters_per_epoch={args.scst_steps}",
                     f"run.batch_size_train={args.scst_batch}", f"run.scst_num_samples={args.scst_samples}",
                     "run.lr_sched=constant_lr", f"run.init_lr={args.scst_lr}", "run.scst_reward_parser=rules", f"run.rewards={rewards}"]
             secs = train(cfg, opts, args.threads, log)
@@ -127,14 +132,19 @@ def main():
           f"CE {args.ce_epochs} epochs, SCST {args.scst_steps} steps x {args.scst_batch} images x {args.scst_samples} samples, "
           f"lr {args.scst_lr}, greedy baseline; greedy decoding on val")
     print(f"{'run':14s} {'CIDEr':>16s} {'count abs err':>16s}   per seed (CIDEr / count err)")
-    for name in ("ce", "cider", "cider+count"):
+    for name in ("ce", "ce_more", "cider", "cider+count"):
         cid = [r[name]["CIDEr"] for r in rows]
         err = [r[name]["count_abs_error"] for r in rows]
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
         per = "  ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(cid, err))
-        label = {"ce": "cross-entropy", "cider": "+SCST cider", "cider+count": "+SCST cid+count"}[name]
+        label = {"ce": "cross-entropy", "ce_more": "+CE same steps", "cider": "+SCST cider", "cider+count": "+SCST cid+count"}[name]
         print(f"{label:14s} {statistics.mean(cid):8.3f} +- {sd(cid):5.3f} {statistics.mean(err):8.3f} +- {sd(err):5.3f}   {per}")
     for name in ("cider", "cider+count"):
+        d_cid = [r[name]["CIDEr"] - r["ce_more"]["CIDEr"] for r in rows]
+        d_err = [r[name]["count_abs_error"] - r["ce_more"]["count_abs_error"] for r in rows]
+        print(f"{name} vs CE same steps: CIDEr {statistics.mean(d_cid):+.3f} (per seed {', '.join(f'{d:+.3f}' for d in d_cid)}), "
+              f"count abs err {statistics.mean(d_err):+.3f} (per seed {', '.join(f'{d:+.3f}' for d in d_err)})")
+    for name in ("ce_more", "cider", "cider+count"):
         d_cid = [r[name]["CIDEr"] - r["ce"]["CIDEr"] for r in rows]
         d_err = [r[name]["count_abs_error"] - r["ce"]["count_abs_error"] for r in rows]
         print(f"change with {name:12s}: CIDEr {statistics.mean(d_cid):+.3f} (per seed {', '.join(f'{d:+.3f}' for d in d_cid)}), "

@@ -58,7 +58,9 @@ def rules_lemma(word, known):
 
 def tag_rules(words, lemmas, table):
     """:data:`Tok` list for tokens of one caption, with parts of speech from the vocabulary."""
-    compound_words = {c.split()[0] for c in table.compounds}
+    compound_words = getattr(table, "compound_first_words", None)
+    if compound_words is None:
+        compound_words = {c.split()[0] for c in table.compounds}
     out = []
     for w, lem in zip(words, lemmas):
         if w.isdigit() or (w in NUMBER_WORDS and w not in ("dozen",)):

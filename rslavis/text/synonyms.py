@@ -200,6 +200,8 @@ class SynonymTable:
         self.nouns -= self.non_objects
         self._known = sorted(set(self.to_canonical) | self.nouns | self.compounds)
         self._fuzzy_cache = {}
+        self._same_cache = {}
+        self.compound_first_words = {c.split()[0] for c in self.compounds}  # for taggers, once
 
     def fuzzy(self, word):
         """The known name closest to ``word`` (typo repair), or None."""
@@ -267,5 +269,11 @@ class SynonymTable:
         if " " in a and a.rsplit(" ", 1)[1] == b or " " in b and b.rsplit(" ", 1)[1] == a:
             return True
         if self.fuzzy_cutoff < 1.0 and min(len(a), len(b)) >= 5:
-            return difflib.SequenceMatcher(None, a, b).ratio() >= self.fuzzy_cutoff or _one_swap(a, b)
+            key = (a, b)
+            hit = self._same_cache.get(key)
+            if hit is None:  # difflib is the slow part of matching: memoise per pair
+                if len(self._same_cache) > 200000:
+                    self._same_cache.clear()
+                hit = self._same_cache[key] = difflib.SequenceMatcher(None, a, b).ratio() >= self.fuzzy_cutoff or _one_swap(a, b)
+            return hit
         return False

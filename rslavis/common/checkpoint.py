@@ -127,6 +127,6 @@ def load_checkpoint(path):
                 "does not unpickle (loading them could run code); re-save it as {'model': model.state_dict()} or as .safetensors."
             ) from None
         raise RslavisError(f"cannot load checkpoint {path}: not a PyTorch checkpoint (corrupt or another format); use another file.") from None
-    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, AttributeError) as exc:
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise RslavisError(f"cannot load checkpoint {path}: the file is truncated or not a PyTorch checkpoint ({reason}); use another file.") from None

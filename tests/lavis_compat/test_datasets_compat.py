@@ -164,3 +164,26 @@ def test_null_caption_and_duplicate_question_id_are_named(tmp_path, lavis_data):
     lavis_data["vqa_val"].write_text(json.dumps(vqa))
     with pytest.raises(DataError, match=r"vqa_val.json: question_id \d+ is used by records 0 and 1"):
         build(tmp_path, lavis_section("rsieval_vqa", lavis_data, splits=("val",), kind="vqa")).read_records()
+
+
+def test_text_processor_prompt_is_stripped_before_scoring(tmp_path, lavis_data):
+    """A model trained on "a photo of <caption>" writes the prompt too; LAVIS scores the caption only."""
+    from omegaconf import OmegaConf
+
+    from rslavis.tasks.captioning import CaptionTask
+
+    text = lavis_section("coco_caption", lavis_data) + "    text_processor:\n      train: {name: blip_caption, prompt: 'a photo of '}\n"
+    p = tmp_path / "p.yaml"
+    p.write_text(text + "run:\n  task: captioning\n  skip_metrics: [METEOR, SPICE]\n")
+    cfg = Config.from_file(p, require_task=False)
+    task = CaptionTask(cfg)
+    datasets = task.build_datasets(cfg)["coco_caption"]
+    assert datasets["train"][0]["text_output"] == "a photo of an airport with two planes"
+    val = datasets["val"]
+    refs = val.references()
+    results = [{"image_id": i, "caption": "A photo of " + r[0]} for i, r in refs.items()]
+    metrics = task.after_evaluation(results, "val", 0, val, tmp_path)
+    written = json.loads((tmp_path / "val_epoch0.json").read_text())
+    assert [r["caption"] for r in written] == [r[0] for r in refs.values()]
+    assert metrics["Bleu_1"] == pytest.approx(1.0, abs=1e-6)
+    assert OmegaConf.is_config(cfg.config)

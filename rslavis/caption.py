@@ -70,7 +70,7 @@ def load_model(checkpoint, device="cpu"):
     """``(model, run config or None, run folder)`` from any of the accepted ``--checkpoint`` forms."""
     import torch
 
-    from rslavis.common.checkpoint import load_checkpoint
+    from rslavis.common.checkpoint import load_checkpoint, load_model_state
     from rslavis.common.registry import registry
 
     path = Path(checkpoint).expanduser()
@@ -100,8 +100,7 @@ def load_model(checkpoint, device="cpu"):
     if (run_dir / "tokenizer").is_dir():
         mcfg.tokenizer_path = str(run_dir / "tokenizer")
     model = registry.get_model_class(mcfg.arch).from_config(mcfg)
-    state = load_checkpoint(ckpt)["model"]
-    model.load_state_dict(state)
+    load_model_state(model, load_checkpoint(ckpt), f"--checkpoint {ckpt}")
     if hasattr(model, "load_retrieval") and not getattr(model, "disable_rag", True) and (run_dir / "retrieval").is_dir():
         model.load_retrieval(run_dir / "retrieval")
     logger.info("loaded %s from %s", type(model).__name__, ckpt)

@@ -25,6 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--cfg-path", required=True, help="project YAML (sections model, datasets, run)")
     p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys, e.g. run.max_epoch=3")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    p.add_argument("--dry-run", action="store_true", help="build the model on the meta device (no weights read) and print parameters, checkpoint size and memory; exit")
     p.add_argument("--resume", default=None, metavar="auto|PATH", help="resume from a checkpoint; 'auto' picks the latest in the output dir")
     p.add_argument("--lenient", action="store_true", help="unknown sections and keys warn (one line each, listing them) instead of failing; for files written for other LAVIS forks")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -55,6 +56,9 @@ def run(args):
     if args.print_config:
         print(cfg.to_yaml())
         return 0
+
+    if args.dry_run:
+        return dry_run(cfg)
 
     from rslavis.common import dist_utils
     from rslavis.common.registry import registry
@@ -90,6 +94,16 @@ def run(args):
         dist_utils.destroy()
     if is_main:
         print(json.dumps({"output_dir": str(runner.output_dir), "test": metrics}, indent=2))
+    return 0
+
+
+def dry_run(cfg):
+    """Print what the configured run costs (``rslavis.runners.plan``); reads no weights and no data."""
+    from rslavis.models.meta import build_model_on_meta
+    from rslavis.runners.plan import format_plan, memory_plan
+
+    model, notes = build_model_on_meta(cfg)
+    print(format_plan(memory_plan(model, cfg.run), notes))
     return 0
 
 

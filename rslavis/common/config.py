@@ -52,7 +52,8 @@ RUN_SCHEMA = {
     "seed": int,
     "output_dir": str,
     "job_id": str,
-    "amp": bool,
+    "amp": _ANY,  # false | true | fp16 | bf16 (rslavis.runners.precision)
+    "save_full": bool,
     "resume_ckpt_path": str,
     "evaluate": bool,
     "train_splits": list,

@@ -75,6 +75,18 @@ class BaseModel(nn.Module):
     def prepare_for_training(self, datasets, output_dir):
         """Hook run once before training (e.g. fit a tokenizer on the training captions)."""
 
+    def build_for_dry_run(self, datasets):
+        """Build parts that wait for the training data (``--dry-run``, on the meta device); ``datasets`` holds a stand-in split."""
+        self.prepare_for_training(datasets, None)
+
+    def base_weight_sources(self):
+        """``{state_dict key prefix: local path}`` of the weights this model reads from files.
+
+        Frozen tensors under these prefixes are left out of runner checkpoints (they are
+        read again from the files on resume); a model that declares none keeps everything.
+        """
+        return {}
+
     def count_parameters(self):
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

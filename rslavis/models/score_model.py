@@ -386,7 +386,7 @@ def load_scorer(path, device=None):
     else:
         from omegaconf import OmegaConf
 
-        from rslavis.common.checkpoint import load_checkpoint
+        from rslavis.common.checkpoint import load_checkpoint, load_model_state
 
         conf = OmegaConf.load(run_dir / "config.yaml")
         mcfg = OmegaConf.to_container(conf.model, resolve=True)
@@ -395,8 +395,7 @@ def load_scorer(path, device=None):
         if not mcfg.get("tokenizer_path") and (run_dir / "tokenizer").is_dir() and not (mcfg.get("pretrained") or mcfg.get("backend") == "open_clip"):
             mcfg["tokenizer_path"] = str(run_dir / "tokenizer")
         model = ScoreModel(mcfg)
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state.get("model", state))
+        load_model_state(model, load_checkpoint(ckpt), f"scorer {ckpt}")
     model.eval()
     if device is not None:
         model.to(device)

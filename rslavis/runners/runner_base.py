@@ -20,6 +20,7 @@ checkpoint, so no step is logged twice.
 """
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -30,11 +31,15 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from rslavis.common import dist_utils
-from rslavis.common.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint, rng_state, seed_everything, set_rng_state
+from rslavis.common.checkpoint import (
+    atomic_torch_save, atomic_write_json, atomic_write_text, base_identity, load_checkpoint, load_model_state, model_checkpoint, rng_state,
+    seed_everything, set_rng_state,
+)
 from rslavis.common.errors import ConfigError, DataError, RslavisError
 from rslavis.common.logger import RunLogger, progress
 from rslavis.common.registry import registry
 from rslavis.datasets.image_io import skipped_images
+from rslavis.runners.precision import AMP_DTYPES, resolve_amp, trained_to_float32
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +77,8 @@ class RunnerBase:
         self.job_id = job_id
         self.device = dist_utils.resolve_device(self.run_cfg.get("device"))
         self.distributed = dist_utils.init_distributed_mode(self.run_cfg, self.device)
-        if self.run_cfg.get("amp") and self.device.type != "cuda":
-            logger.info("run.amp is ignored on CPU.")
-        self.use_amp = bool(self.run_cfg.get("amp")) and self.device.type == "cuda"
+        self.amp = resolve_amp(self.run_cfg.get("amp"), self.device)  # None | "fp16" | "bf16"; CPU: None, one warning
+        self.use_amp = self.amp is not None
         self.output_dir = Path(self.run_cfg.output_dir) / job_id
         self.result_dir = self.output_dir / "result"
         self.is_main = dist_utils.is_main_process()
@@ -98,6 +102,7 @@ class RunnerBase:
         self.best_epoch = None
         self.log = RunLogger(self.output_dir, enabled=self.is_main)
         self.seed = int(self.run_cfg.seed) + dist_utils.get_rank()
+        self._base_identity = None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -158,9 +163,19 @@ class RunnerBase:
         return torch.optim.AdamW(groups, lr=run.init_lr, betas=(0.9, run.beta2))
 
     # ------------------------------------------------------------------ checkpoints
+    def _model_state(self):
+        """Trained parameters and buffers (frozen base weights left out) or, with ``run.save_full``, everything."""
+        if self._base_identity is None:  # frozen tensors never change: probe them once
+            self._base_identity = base_identity(self.unwrapped)
+        from rslavis.common.config import to_plain
+
+        return model_checkpoint(self.unwrapped, full=bool(self.run_cfg.get("save_full")), identity=self._base_identity, model_cfg=to_plain(self.cfg.model))
+
     def _checkpoint_state(self, epoch):
+        model_state, model_info = self._model_state()
         return {
-            "model": {k: v.detach().cpu() for k, v in self.unwrapped.state_dict().items()},
+            "model": model_state,
+            "model_info": model_info,
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "epoch": epoch,
@@ -182,7 +197,7 @@ class RunnerBase:
 
     def resume(self, path):
         ckpt = load_checkpoint(path)
-        self.unwrapped.load_state_dict(ckpt["model"])
+        load_model_state(self.unwrapped, ckpt, f"resume checkpoint {path}")
         if ckpt.get("optimizer") and self.optimizer is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("lr_scheduler") and self.lr_scheduler is not None:
@@ -208,8 +223,7 @@ class RunnerBase:
             self.lock.release()
 
     def load_model_weights(self, path):
-        ckpt = load_checkpoint(path)
-        self.unwrapped.load_state_dict(ckpt["model"])
+        load_model_state(self.unwrapped, load_checkpoint(path), f"checkpoint {path}")
 
     # ------------------------------------------------------------------ train / eval
     def _warn_missing_splits(self):
@@ -228,6 +242,10 @@ class RunnerBase:
         if self.is_main:
             atomic_write_text(self.cfg.to_yaml(), self.output_dir / "config.yaml")
         self.unwrapped.prepare_for_training(self.datasets, self.output_dir)
+        if self.use_amp:  # float32 master weights; frozen parts keep model.dtype
+            cast = trained_to_float32(self.unwrapped)
+            if cast:
+                logger.info("run.amp=%s: %d trained parameter tensors cast to float32 (frozen ones keep their dtype)", self.amp, cast)
         total, trainable = self.unwrapped.count_parameters()
         logger.info("model %s: %s parameters, %s trainable", type(self.unwrapped).__name__, f"{total:,}", f"{trainable:,}")
 
@@ -255,7 +273,7 @@ class RunnerBase:
         self.optimizer = self.build_optimizer()
         sched_cls = registry.get_lr_scheduler_class(run.lr_sched)
         self.lr_scheduler = sched_cls.from_config(self.optimizer, run, iters)
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None  # bfloat16 needs no loss scaling
         if run.get("resume_ckpt_path"):
             self.resume(run.resume_ckpt_path)
         elif self.is_main and self.log.offset():
@@ -331,7 +349,7 @@ class RunnerBase:
                 continue
             trained += 1
             samples = self._to_device(samples)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with self.autocast():
                 out = self.task.train_step(model, samples)
             loss = out["loss"]
             if not torch.isfinite(loss):
@@ -362,6 +380,12 @@ class RunnerBase:
             files = getattr(getattr(loader.dataset, "skip_counter", None), "files", [])[:3]
             raise DataError(f"run.train_splits {list(run.train_splits)}: no batch of epoch {epoch} had a readable image"
                             f"{' (e.g. ' + ', '.join(files) + ')' if files else ''}; check the dataset's images folder (build_info).")
+
+    def autocast(self):
+        """Autocast at ``run.amp``'s dtype on CUDA; a no-op context otherwise."""
+        if not self.use_amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
 
     def _to_device(self, samples):
         return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in samples.items()}
@@ -394,7 +418,8 @@ class RunnerBase:
         for name, dataset in self._split_datasets(split).items():
             split_name = self._split_name(name, split)
             loader = self._loader(dataset, train=False)
-            results = self.task.evaluation(self.unwrapped, self._device_loader(loader), split_name)
+            with self.autocast():
+                results = self.task.evaluation(self.unwrapped, self._device_loader(loader), split_name)
             gathered = dist_utils.all_gather_object(results)
             metrics = None
             error = None

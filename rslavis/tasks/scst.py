@@ -77,19 +77,9 @@ def _call_sample(model, samples, **kwargs):
 
 def load_finetuned(model, path):
     """Load weights of a runner checkpoint (``.pth``/``.safetensors``) into ``model``; errors name ``model.finetuned``."""
-    from rslavis.common.checkpoint import load_checkpoint
+    from rslavis.common.checkpoint import load_checkpoint, load_model_state
 
-    state = load_checkpoint(path)
-    state = state.get("model", state)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(
-            f"model.finetuned {path}: the checkpoint does not fit this model ({' '.join(first[:3])[:300]}); "
-            "was it trained with the same model config (and tokenizer: model.tokenizer_path)?"
-        ) from None
-    return model
+    return load_model_state(model, load_checkpoint(path), f"model.finetuned {path}")
 
 
 @registry.register_task("scst")

@@ -315,6 +315,10 @@ class InstructBLIP(BaseModel):
         lavis_keys.apply(self.cfg, model, model.vision_model, self.ARCH, encoder_decoder=not config.use_decoder_only_language_model)
         self.model = model.to(self.device)
 
+    def base_weight_sources(self):
+        p = self.cfg.get("pretrained")
+        return {"model.": str(p)} if p else {}
+
     def prepare_for_training(self, datasets, output_dir):
         """Tiny types: fit both tokenizers on the training text, build the model, save the tokenizers."""
         if self.model is not None:

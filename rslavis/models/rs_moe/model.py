@@ -151,15 +151,14 @@ def _read_tensors(directory, prefixes):
 
 def _load_weights(model, path, option):
     """Weights of a runner checkpoint into ``model``; a mismatch names ``option``."""
-    from rslavis.common.checkpoint import load_checkpoint
+    from rslavis.common.checkpoint import load_checkpoint, load_model_state
 
-    state = load_checkpoint(path)
-    try:
-        model.load_state_dict(state.get("model", state))
-    except RuntimeError as exc:
-        first = " ".join(str(exc).strip().splitlines()[:3])[:300]
-        raise ConfigError(f"{option} {path}: the checkpoint does not fit the model its run folder describes ({first}).") from None
-    return model
+    return load_model_state(model, load_checkpoint(path), f"{option} {path}")
+
+
+def _embedding_std(llm):
+    w = llm.get_input_embeddings().weight
+    return 0.02 if w.is_meta else float(w.detach().float().std())  # meta (--dry-run): sizes only
 
 
 def _read_json(path):
@@ -303,7 +302,7 @@ class RSMoE(BaseModel):
             q_dim, d, self.num_experts,
             num_prompt_tokens=self.num_query_tokens if mode == "add" else int(self.cfg.get("num_prompt_tokens") or 8),
             prompt_mode=mode, top_k=self.cfg.get("top_k"), temperature=float(self.cfg.get("gate_temperature") or 1.0),
-            init_std=float(llm.get_input_embeddings().weight.detach().float().std()),
+            init_std=_embedding_std(llm),
         )
         self._configure_stage()
         self.to(self.device)
@@ -420,9 +419,11 @@ class RSMoE(BaseModel):
             text_config=llm.config.to_dict(), num_query_tokens=front_cfg.num_query_tokens, image_token_index=add_image_token(tok),
         )
         front = VisionFront.from_config(hf_config)
-        tensors = _read_tensors(fd, ("vision_model.", "qformer.", "query_tokens", "language_projection."))
+        from rslavis.models.meta import on_meta
+
+        tensors = {} if on_meta() else _read_tensors(fd, ("vision_model.", "qformer.", "query_tokens", "language_projection."))  # --dry-run reads no weights
         missing, _ = front.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("language_projection.")}, strict=False)
-        if missing:
+        if missing and not on_meta():
             raise ConfigError(f"model.front_from {fd}: weights missing for {missing[0]} (and {len(missing) - 1} more); is it an InstructBLIP checkpoint?")
         proj_state = {k[len("language_projection."):]: v for k, v in tensors.items() if k.startswith("language_projection.")}
         projection = None
@@ -430,6 +431,12 @@ class RSMoE(BaseModel):
             projection = nn.Linear(*reversed(proj_state["weight"].shape))
             projection.load_state_dict(proj_state)
         self._skeleton(hf_config, tok, qtok, llm=llm, front=front, projection=projection)
+
+    def base_weight_sources(self):
+        src = self.cfg.get("init_from")
+        if not src:
+            return {}
+        return {"experts.": str(src), "projections.": str(src), "front.": str(self.cfg.get("front_from") or src)}
 
     def prepare_for_training(self, datasets, output_dir):
         """Tiny types without tokenizers: fit them on the training text and build; always save the

@@ -332,6 +332,18 @@ class SmallCapCausal(SmallCap):
         logger.info("smallcap_causal: backdoor dictionary of %d context prototypes from %d training images (prior %s)", block.num_prototypes, len(paths), np.round(prior, 3).tolist())
         return protos, prior
 
+    def base_weight_sources(self):
+        out = super().base_weight_sources()
+        enc = (self.cfg.get("retrieval") or {}).get("encoder", "model") or "model"
+        if self.retrieval_encoder is not None:
+            src = out.get("visual_encoder.") if enc == "model" else (enc.get("pretrained") or enc.get("checkpoint"))
+            if src:
+                out["retrieval_encoder."] = str(src)  # a frozen copy of the file's weights
+        return out
+
+    def build_for_dry_run(self, datasets):
+        SmallCap.prepare_for_training(self, datasets, None)  # the text side only: no datastore on the meta device
+
     # ------------------------------------------------------------------ retrieval
     def build_retrieval(self, datasets, output_dir=None, progress=True):
         """Build (or reuse) the datastore and retrieved captions; copy them to ``output_dir/retrieval``."""

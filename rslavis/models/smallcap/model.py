@@ -112,6 +112,16 @@ class SmallCap(BaseModel):
             for name, p in self.decoder.named_parameters():
                 p.requires_grad = any(part in name for part in CROSS_ATTENTION_NAMES)
 
+    def base_weight_sources(self):
+        out = {}
+        v = self.cfg.get("vision") or {}
+        if v.get("pretrained") or v.get("checkpoint"):
+            out["visual_encoder."] = str(v.get("pretrained") or v.get("checkpoint"))
+        d = self.cfg.get("decoder") or {}
+        if d.get("pretrained"):
+            out["decoder."] = str(d["pretrained"])
+        return out
+
     def prepare_for_training(self, datasets, output_dir):
         """Fit a tokenizer on the training captions when none is configured, then build the decoder."""
         if self.tokenizer is not None:

@@ -1,25 +1,16 @@
 """``--dry-run``: full-size architectures built on the meta device from their published config
 values (no weights exist here, and none is read), counted against the published figures."""
 
-import json
-
 import pytest
 import torch
 
 from rslavis.common.config import Config
 from rslavis.models.meta import build_model_on_meta, meta_build
+from rslavis.models.published import EVA_VIT_G, FLAN_T5_XL, GPT2_BASE, OPT_2_7B, TINYLLAMA_1_1B, VICUNA_7B
+from rslavis.models.published import INSTRUCTBLIP_QFORMER as QFORMER
 from rslavis.models.tokenization import train_caption_tokenizer
 from rslavis.runners.plan import memory_plan
 from tests.conftest import run_python
-
-# published config values (config.json of the Hugging Face checkpoints named)
-EVA_VIT_G = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16, image_size=224, patch_size=14, qkv_bias=True, layer_norm_eps=1e-6)
-QFORMER = dict(vocab_size=30523, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, cross_attention_frequency=2, max_position_embeddings=512, encoder_hidden_size=1408)
-FLAN_T5_XL = dict(model_type="t5", vocab_size=32128, d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24, num_decoder_layers=24, feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-VICUNA_7B = dict(model_type="llama", vocab_size=32001, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6)
-OPT_2_7B = dict(model_type="opt", vocab_size=50272, hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=2048, word_embed_proj_dim=2560)
-TINYLLAMA_1_1B = dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048)
-GPT2_BASE = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 
 
 def _tokenizer_dir(d, qformer=False):

@@ -42,7 +42,11 @@ def test_dense_then_stage1_then_stage2_then_scst(tmp_path):
     dense = train("instructblip/synthetic_caption.yaml", tmp_path, "run.job_id=dense") / "dense" / "checkpoint_best.pth"
     s1 = train("rs_moe/synthetic_stage1.yaml", tmp_path, "run.job_id=s1", f"model.init_from={dense}") / "s1"
     assert (s1 / "tokenizer" / "qformer_tokenizer").is_dir() and (s1 / "rs_moe_arch" / "hf_config.json").is_file()
-    state1 = load_checkpoint(s1 / "checkpoint_best.pth")["model"]
+    ckpt1 = load_checkpoint(s1 / "checkpoint_best.pth")
+    assert not any(k.startswith("experts.") for k in ckpt1["model"])  # frozen experts: read again from init_from, not stored
+    from rslavis.models.rs_moe.model import RSMoE
+
+    state1 = RSMoE.load(s1 / "checkpoint_best.pth").state_dict()  # rebuilt: config.yaml + init_from + the trained tensors
     dense_state = load_checkpoint(dense)["model"]
     # stage 1 left every expert's LLM equal to the dense checkpoint's
     for k in range(3):

@@ -187,11 +187,13 @@ def config_fingerprint(model_cfg):
     return _digest([json.dumps(model_cfg, sort_keys=True, default=str)])
 
 
-def model_checkpoint(model, full=False, identity=None, model_cfg=None):
-    """``(state, info)`` for a runner checkpoint: every tensor with ``full``, else all but the frozen base weights."""
+def model_checkpoint(model, full=False, identity=None, model_cfg=None, state=None):
+    """``(state, info)`` for a runner checkpoint: every tensor with ``full``, else all but the frozen base weights.
+    ``state``: the model's full state dict when it was gathered elsewhere (FSDP)."""
     identity = identity or base_identity(model)
     omitted = set() if full else identity["omitted"]
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in omitted}
+    state = model.state_dict() if state is None else state
+    state = {k: v.detach().cpu() for k, v in state.items() if k not in omitted}
     info = {
         "full": not omitted,
         "omitted_tensors": len(omitted),

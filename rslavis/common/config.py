@@ -54,6 +54,7 @@ RUN_SCHEMA = {
     "job_id": str,
     "amp": _ANY,  # false | true | fp16 | bf16 (rslavis.runners.precision)
     "save_full": bool,
+    "distributed_strategy": str,
     "resume_ckpt_path": str,
     "evaluate": bool,
     "train_splits": list,

@@ -103,3 +103,22 @@ def broadcast_object(obj, src=0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@contextlib.contextmanager
+def full_parameters(model):
+    """Under FSDP (``fully_shard``), every rank holds the full parameters inside the block (calls
+    other than ``forward``, e.g. ``generate``, do not trigger FSDP's gathering), sharded again after
+    it; a no-op for any other model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in mods:
+        m.set_reshard_after_forward(False)
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True)

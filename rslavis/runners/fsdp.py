@@ -8,11 +8,9 @@ as FSDP gathers a unit's parameters into one buffer), and inside them every bloc
 root unit. Under ``run.amp`` a ``MixedPrecisionPolicy`` computes in the amp dtype and reduces
 gradients in float32. Checkpoints are full state dicts gathered on rank 0 (the format DDP
 runs write, read by the same resume path); the optimizer state is keyed by parameter name.
-Evaluation gathers the full parameters on every rank (``unshard``) for the task's
-``generate``/``sample`` calls, then shards them again.
+Evaluation gathers the full parameters on every rank (``dist_utils.full_parameters``) for
+the task's ``generate``/``sample`` calls, then shards them again.
 """
-
-import contextlib
 
 import torch
 from torch import nn
@@ -58,27 +56,6 @@ def shard(model, amp_dtype=None):
         fully_shard(unit, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
-
-
-def _fsdp_modules(model):
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
-
-
-@contextlib.contextmanager
-def gathered(model):
-    """Full parameters on every rank inside the block (for generation), sharded again after it."""
-    mods = _fsdp_modules(model)
-    for m in mods:
-        m.set_reshard_after_forward(False)
-        m.unshard()
-    try:
-        yield model
-    finally:
-        for m in mods:
-            m.reshard()
-            m.set_reshard_after_forward(True)
 
 
 def full_model_state(model):

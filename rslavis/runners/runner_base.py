@@ -77,6 +77,12 @@ class RunnerBase:
         self.job_id = job_id
         self.device = dist_utils.resolve_device(self.run_cfg.get("device"))
         self.distributed = dist_utils.init_distributed_mode(self.run_cfg, self.device)
+        self.strategy = str(self.run_cfg.get("distributed_strategy") or "ddp").lower()
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"run.distributed_strategy: {self.run_cfg.get('distributed_strategy')!r} is unknown; valid: ddp, fsdp.")
+        if self.strategy == "fsdp" and not self.distributed:
+            logger.warning("run.distributed_strategy is fsdp but the run has one process: nothing to shard, training as usual.")
+        self.fsdp = self.strategy == "fsdp" and self.distributed
         self.amp = resolve_amp(self.run_cfg.get("amp"), self.device)  # None | "fp16" | "bf16"; CPU: None, one warning
         self.use_amp = self.amp is not None
         self.output_dir = Path(self.run_cfg.output_dir) / job_id
@@ -103,10 +109,17 @@ class RunnerBase:
         self.log = RunLogger(self.output_dir, enabled=self.is_main)
         self.seed = int(self.run_cfg.seed) + dist_utils.get_rank()
         self._base_identity = None
+        self._resume_ckpt = None
 
     # ------------------------------------------------------------------ parts
     @property
     def model(self):
+        if self.fsdp:
+            if self._wrapped is None:
+                from rslavis.runners import fsdp
+
+                self._wrapped = fsdp.shard(self._model, AMP_DTYPES.get(self.amp))  # in place: the module itself, sharded
+            return self._wrapped
         if self.distributed and self._wrapped is None:
             self._wrapped = torch.nn.parallel.DistributedDataParallel(
                 self._model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -141,16 +154,27 @@ class RunnerBase:
             sampler = SequentialSampler(dataset)
         g = torch.Generator()
         g.manual_seed(int(self.run_cfg.seed))
+        workers = int(self.run_cfg.get("num_workers") or 0)
+        cuda = self.device.type == "cuda"
         return DataLoader(
             dataset,
             batch_size=bs,
             sampler=sampler,
-            num_workers=self.run_cfg.num_workers,
+            num_workers=workers,
             collate_fn=_collater(dataset),
             drop_last=train,
-            generator=g,
-            persistent_workers=False,
+            generator=g,  # workers' seeds come from it: re-seeded every epoch (_start_epoch)
+            pin_memory=cuda,
+            # on CUDA workers stay up between epochs; on CPU they restart, so an epoch's augmentation depends on its number only
+            persistent_workers=cuda and workers > 0,
         )
+
+    def _start_epoch(self, loader, epoch):
+        """Data order and worker seeds of ``epoch`` as functions of ``(seed, epoch)`` only: exact resume."""
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        if loader.generator is not None:
+            loader.generator.manual_seed(int(self.run_cfg.seed) * 1000 + epoch)
 
     def build_optimizer(self):
         run = self.run_cfg
@@ -163,20 +187,30 @@ class RunnerBase:
         return torch.optim.AdamW(groups, lr=run.init_lr, betas=(0.9, run.beta2))
 
     # ------------------------------------------------------------------ checkpoints
-    def _model_state(self):
+    def _model_state(self, state=None):
         """Trained parameters and buffers (frozen base weights left out) or, with ``run.save_full``, everything."""
-        if self._base_identity is None:  # frozen tensors never change: probe them once
+        if self._base_identity is None:  # frozen tensors never change: probe them once (before any sharding)
             self._base_identity = base_identity(self.unwrapped)
         from rslavis.common.config import to_plain
 
-        return model_checkpoint(self.unwrapped, full=bool(self.run_cfg.get("save_full")), identity=self._base_identity, model_cfg=to_plain(self.cfg.model))
+        full = bool(self.run_cfg.get("save_full"))
+        return model_checkpoint(self.unwrapped, full=full, identity=self._base_identity, model_cfg=to_plain(self.cfg.model), state=state)
 
     def _checkpoint_state(self, epoch):
-        model_state, model_info = self._model_state()
+        optimizer = self.optimizer.state_dict() if self.optimizer and not self.fsdp else None
+        if self.fsdp:  # collectives: every rank takes part, rank 0 receives the full tensors
+            from rslavis.runners import fsdp
+
+            gathered = fsdp.full_model_state(self._model)
+            optimizer = fsdp.full_optimizer_state(self._model, self.optimizer) if self.optimizer else None
+            if not self.is_main:
+                return None
+        model_state, model_info = self._model_state(gathered if self.fsdp else None)
         return {
             "model": model_state,
             "model_info": model_info,
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "optimizer": optimizer,
+            "optimizer_format": "names" if self.fsdp else "torch",
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "epoch": epoch,
             "global_step": self.global_step,
@@ -189,17 +223,35 @@ class RunnerBase:
         }
 
     def save_checkpoint(self, epoch, name):
+        if not self.is_main and not self.fsdp:
+            return
+        state = self._checkpoint_state(epoch)
         if not self.is_main:
             return
         path = self.output_dir / name
-        atomic_torch_save(self._checkpoint_state(epoch), path)
+        atomic_torch_save(state, path)
         logger.info("saved %s (epoch %d)", path, epoch)
 
+    def resume_model(self, path):
+        """Model weights of a resume checkpoint, before the optimizer (and any FSDP sharding) exists."""
+        self._resume_ckpt = load_checkpoint(path)
+        load_model_state(self.unwrapped, self._resume_ckpt, f"resume checkpoint {path}")
+
     def resume(self, path):
-        ckpt = load_checkpoint(path)
-        load_model_state(self.unwrapped, ckpt, f"resume checkpoint {path}")
+        ckpt = self._resume_ckpt if self._resume_ckpt is not None else load_checkpoint(path)
+        if self._resume_ckpt is None:
+            load_model_state(self.unwrapped, ckpt, f"resume checkpoint {path}")
+        self._resume_ckpt = None
         if ckpt.get("optimizer") and self.optimizer is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            names = ckpt.get("optimizer_format") == "names"
+            if self.fsdp and not names:
+                raise ConfigError(f"resume checkpoint {path}: written by a DDP run; its optimizer state cannot resume under run.distributed_strategy fsdp (resume it with ddp).")
+            if names:
+                from rslavis.runners import fsdp
+
+                fsdp.load_optimizer_state(self.model, self.optimizer, ckpt["optimizer"])
+            else:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("lr_scheduler") and self.lr_scheduler is not None:
             self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         self.start_epoch = int(ckpt["epoch"]) + 1
@@ -223,7 +275,16 @@ class RunnerBase:
             self.lock.release()
 
     def load_model_weights(self, path):
-        load_model_state(self.unwrapped, load_checkpoint(path), f"checkpoint {path}")
+        ckpt = load_checkpoint(path)
+        if self.fsdp and self._wrapped is not None:  # sharded: the checks, then each rank takes its shards
+            from rslavis.runners import fsdp
+
+            info = ckpt.get("model_info") or {}
+            if info and not info.get("full", True) and info.get("base_probe") != self._base_identity["probe"]:
+                raise ConfigError(f"checkpoint {path}: a trained-only checkpoint made on other base weights ({info.get('base_sources')}).")
+            fsdp.load_model_state(self._model, ckpt["model"])
+            return
+        load_model_state(self.unwrapped, ckpt, f"checkpoint {path}")
 
     # ------------------------------------------------------------------ train / eval
     def _warn_missing_splits(self):
@@ -270,6 +331,11 @@ class RunnerBase:
         iters = run.get("iters_per_epoch") or len(loader)
         if len(loader) == 0:
             raise ConfigError(f"run.batch_size_train {run.batch_size_train} is larger than the training set ({len(train_set)} items).")
+        self._base_identity = base_identity(self.unwrapped)  # of the unsharded model, with its frozen base weights
+        if run.get("resume_ckpt_path"):
+            self.resume_model(run.resume_ckpt_path)
+        if self.fsdp:
+            self.model  # shard now: the optimizer must hold the sharded parameters
         self.optimizer = self.build_optimizer()
         sched_cls = registry.get_lr_scheduler_class(run.lr_sched)
         self.lr_scheduler = sched_cls.from_config(self.optimizer, run, iters)
@@ -326,15 +392,15 @@ class RunnerBase:
         run = self.run_cfg
         model = self.model
         model.train()
-        sampler = loader.sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        self._start_epoch(loader, epoch)
         self.task.before_epoch(epoch)
         accum = max(1, run.accum_grad_iters)
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.time()
         skipped_before = skipped_images(loader.dataset)
         trained = 0
+        data_seconds = 0.0  # time spent waiting for the next batch (bench/data_share.py)
+        tw = time.perf_counter()
         it = iter(loader)
         bar = progress(range(iters), desc=f"epoch {epoch}", disable=not self.is_main)
         for i in bar:
@@ -343,6 +409,7 @@ class RunnerBase:
             except StopIteration:  # iters_per_epoch larger than the loader: start it again
                 it = iter(loader)
                 samples = next(it)
+            data_seconds += time.perf_counter() - tw
             lr = self.lr_scheduler.step(epoch, i)
             if not samples:  # every image of the batch was unreadable (skipped and counted)
                 self.global_step += 1
@@ -372,10 +439,12 @@ class RunnerBase:
             if self.global_step % run.log_freq == 0 or i == iters - 1:
                 record = {"epoch": epoch, "step": self.global_step, "loss": float(loss.item()), "lr": lr, "seconds": round(time.time() - t0, 3)}
                 record["skipped_images"] = skipped_images(loader.dataset) - skipped_before
+                record["data_seconds"] = round(data_seconds, 3)
                 for k, v in out.items():
                     if k != "loss" and isinstance(v, (int, float, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1):
                         record[k] = float(v)
                 self.log.log(record, step=self.global_step)
+            tw = time.perf_counter()
         if not trained:
             files = getattr(getattr(loader.dataset, "skip_counter", None), "files", [])[:3]
             raise DataError(f"run.train_splits {list(run.train_splits)}: no batch of epoch {epoch} had a readable image"
@@ -418,7 +487,7 @@ class RunnerBase:
         for name, dataset in self._split_datasets(split).items():
             split_name = self._split_name(name, split)
             loader = self._loader(dataset, train=False)
-            with self.autocast():
+            with self.autocast(), dist_utils.full_parameters(self.unwrapped):
                 results = self.task.evaluation(self.unwrapped, self._device_loader(loader), split_name)
             gathered = dist_utils.all_gather_object(results)
             metrics = None

@@ -64,10 +64,14 @@ def _unwrap(model):
 
 
 def _call_sample(model, samples, **kwargs):
-    """``model.sample``; under DDP it goes through the wrapper's forward so gradients are all-reduced."""
-    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+    """``model.sample``; under DDP/FSDP it goes through the wrapper's forward so gradients are all-reduced
+    (DDP) and sharded parameters are gathered (FSDP's hooks run on forward)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    fsdp = isinstance(model, FSDPModule)
+    if not fsdp and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.sample(samples, **kwargs)
-    inner = model.module
+    inner = model if fsdp else model.module
     inner.forward = inner.sample  # instance attribute shadows the class's forward for this call
     try:
         return model(samples, **kwargs)
@@ -236,11 +240,13 @@ class SCSTTask(CaptionTask):
 
     def greedy_captions(self, model, samples):
         """The model's greedy captions in eval mode (no dropout), restoring its mode after."""
+        from rslavis.common.dist_utils import full_parameters
+
         m = _unwrap(model)
         was_training = m.training
         m.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), full_parameters(m):
                 return m.generate(samples, max_len=self.sample_max_len, min_len=max(1, self.sample_min_len), num_beams=1)
         finally:
             m.train(was_training)

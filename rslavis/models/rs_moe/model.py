@@ -765,5 +765,17 @@ class RSMoE(BaseModel):
         run = p.parent
         if not (run / ARCH_DIR / "config.json").is_file():
             raise ConfigError(f"{p}: its run folder has no {ARCH_DIR}/ (written by rs_moe runs); cannot rebuild the model.")
-        model = cls._from_arch(run / ARCH_DIR / "config.json", run / ARCH_DIR / "hf_config.json", run / "tokenizer")
-        return _load_weights(model, p, "model.init_from")
+        from rslavis.common.checkpoint import load_checkpoint, load_model_state
+
+        ckpt = load_checkpoint(p)
+        if not (ckpt.get("model_info") or {}).get("full", True):
+            # trained tensors only: the frozen ones come from the run's own init_from/front_from, as in training
+            from omegaconf import OmegaConf
+
+            mcfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml").model, resolve=True)
+            if not mcfg.get("tokenizer_path") and (run / "tokenizer").is_dir():
+                mcfg["tokenizer_path"] = str(run / "tokenizer")
+            model = cls(mcfg)
+        else:
+            model = cls._from_arch(run / ARCH_DIR / "config.json", run / ARCH_DIR / "hf_config.json", run / "tokenizer")
+        return load_model_state(model, ckpt, f"model.init_from {p}")

@@ -75,6 +75,8 @@ def test_run_writes_every_output_and_evaluates(tmp_path):
     assert metrics["agg_metrics"] == pytest.approx(metrics["CIDEr"] + metrics["Bleu_4"])
     ckpt = load_checkpoint(run_dir / "checkpoint_latest.pth")
     assert {"model", "optimizer", "lr_scheduler", "epoch", "global_step", "rng", "config"} <= set(ckpt)
+    best = load_checkpoint(run_dir / "checkpoint_best.pth")  # weights for evaluation: no optimizer state
+    assert best["model_only"] and best["optimizer"] is None and best["model"].keys() == ckpt["model"].keys()
 
     # evaluate: True re-scores the best checkpoint without training
     train(cfg, "run.job_id=b", "run.evaluate=True", f"run.resume_ckpt_path={run_dir / 'checkpoint_best.pth'}", "model.tokenizer_path=" + str(run_dir / "tokenizer"))

@@ -51,6 +51,11 @@ def shard(model, amp_dtype=None):
     """Apply ``fully_shard`` to the units and the root; returns the (same, now sharded) model."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    import torch.distributed as dist
+
+    with torch.no_grad():  # every rank starts from rank 0's weights (random parts are seeded per rank), as DDP does
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
     mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32) if amp_dtype is not None else MixedPrecisionPolicy()
     for unit in sharding_units(model):
         fully_shard(unit, mp_policy=mp)

@@ -114,10 +114,11 @@ def format_plan(plan, notes=()):
     lines += [
         "",
         f"weights + grads + AdamW: {human(t['weights_bytes'] + t['grads_bytes'] + t['adamw_bytes'])} (activations not included)",
-        f"checkpoint ({'save_full' if c['save_full'] else 'trained-only, the default'}): "
-        f"{human(c['full_bytes'] if c['save_full'] else c['trained_only_bytes'])} "
-        f"(model {human(c['full_model_bytes'] if c['save_full'] else c['trained_only_model_bytes'])} + optimizer {human(c['optimizer_bytes'])}); "
-        f"with run.save_full: true {human(c['full_bytes'])}",
+        f"checkpoints ({'run.save_full: true' if c['save_full'] else 'trained tensors only, the default'}): "
+        f"checkpoint_best.pth {human(c['full_model_bytes'] if c['save_full'] else c['trained_only_model_bytes'])} (model), "
+        f"checkpoint_latest.pth {human(c['full_bytes'] if c['save_full'] else c['trained_only_bytes'])} (model + AdamW state, for resume); "
+        f"{'default' if c['save_full'] else 'with run.save_full: true'}: "
+        f"{human(c['trained_only_model_bytes'] if c['save_full'] else c['full_model_bytes'])} / {human(c['trained_only_bytes'] if c['save_full'] else c['full_bytes'])}",
     ]
     if c["base_sources"]:
         lines.append("frozen weights read again from: " + ", ".join(f"{k}* <- {v}" for k, v in c["base_sources"].items()))

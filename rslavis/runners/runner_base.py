@@ -196,13 +196,14 @@ class RunnerBase:
         full = bool(self.run_cfg.get("save_full"))
         return model_checkpoint(self.unwrapped, full=full, identity=self._base_identity, model_cfg=to_plain(self.cfg.model), state=state)
 
-    def _checkpoint_state(self, epoch):
-        optimizer = self.optimizer.state_dict() if self.optimizer and not self.fsdp else None
+    def _checkpoint_state(self, epoch, with_optimizer=True, rngs=None):
+        with_optimizer = with_optimizer and self.optimizer is not None
+        optimizer = self.optimizer.state_dict() if with_optimizer and not self.fsdp else None
         if self.fsdp:  # collectives: every rank takes part, rank 0 receives the full tensors
             from rslavis.runners import fsdp
 
             gathered = fsdp.full_model_state(self._model)
-            optimizer = fsdp.full_optimizer_state(self._model, self.optimizer) if self.optimizer else None
+            optimizer = fsdp.full_optimizer_state(self._model, self.optimizer) if with_optimizer else None
             if not self.is_main:
                 return None
         model_state, model_info = self._model_state(gathered if self.fsdp else None)
@@ -211,21 +212,24 @@ class RunnerBase:
             "model_info": model_info,
             "optimizer": optimizer,
             "optimizer_format": "names" if self.fsdp else "torch",
+            "model_only": not with_optimizer,  # checkpoint_best: weights for evaluation / model.finetuned, not for resume
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "epoch": epoch,
             "global_step": self.global_step,
             "best_agg": self.best_agg,
             "best_epoch": self.best_epoch,
             "rng": rng_state(),
+            "rng_per_rank": rngs,  # each rank's RNG (dropout differs per rank): every rank resumes its own
             "task": self.task.state_dict(),  # reward windows, running normalisation, generators: exact resume
             "log_offset": self.log.offset(),
             "config": self.cfg.to_yaml() if hasattr(self.cfg, "to_yaml") else None,
         }
 
-    def save_checkpoint(self, epoch, name):
+    def save_checkpoint(self, epoch, name, with_optimizer=True):
+        rngs = dist_utils.all_gather_object(rng_state()) if self.distributed else None  # a collective: every rank
         if not self.is_main and not self.fsdp:
             return
-        state = self._checkpoint_state(epoch)
+        state = self._checkpoint_state(epoch, with_optimizer, rngs)
         if not self.is_main:
             return
         path = self.output_dir / name
@@ -242,6 +246,8 @@ class RunnerBase:
         if self._resume_ckpt is None:
             load_model_state(self.unwrapped, ckpt, f"resume checkpoint {path}")
         self._resume_ckpt = None
+        if ckpt.get("model_only"):
+            raise ConfigError(f"resume checkpoint {path}: holds the model only (checkpoint_best.pth keeps no optimizer state); resume from checkpoint_latest.pth, or start a new run from these weights with model.finetuned.")
         if ckpt.get("optimizer") and self.optimizer is not None:
             names = ckpt.get("optimizer_format") == "names"
             if self.fsdp and not names:
@@ -258,7 +264,10 @@ class RunnerBase:
         self.global_step = int(ckpt.get("global_step", 0))
         self.best_agg = float(ckpt.get("best_agg", -math.inf))
         self.best_epoch = ckpt.get("best_epoch")
-        if ckpt.get("rng") is not None:
+        per_rank = ckpt.get("rng_per_rank")
+        if per_rank and len(per_rank) == dist_utils.get_world_size():
+            set_rng_state(per_rank[dist_utils.get_rank()])
+        elif ckpt.get("rng") is not None:
             set_rng_state(ckpt["rng"])
         self.task.load_state_dict(ckpt.get("task") or {})
         if self.is_main:  # records after the checkpoint belong to the attempt that was cut short
@@ -359,7 +368,7 @@ class RunnerBase:
                 agg = next(iter(per_split.values()), {}).get("agg_metrics")
                 if agg is not None and agg > self.best_agg:
                     self.best_agg, self.best_epoch = agg, epoch
-                    self.save_checkpoint(epoch, "checkpoint_best.pth")
+                    self.save_checkpoint(epoch, "checkpoint_best.pth", with_optimizer=False)  # the optimizer state only matters for resume
             if (run.save_freq > 0 and (epoch + 1) % run.save_freq == 0) or (last and run.save_last):  # -1 (LAVIS): last and best only
                 self.save_checkpoint(epoch, "checkpoint_latest.pth")
             dist_utils.barrier()

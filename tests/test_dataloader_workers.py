@@ -1,8 +1,6 @@
-"""``run.num_workers > 0``: datasets and processors pickle, and 2 worker processes give the same
+"""``run.num_workers > 0``: datasets and processors go to spawned workers, and 2 workers give the same
 batches as the main process (evaluation splits; training splits draw their augmentation
 from per-worker seeds, fixed per epoch for exact resume)."""
-
-import pickle
 
 import pytest
 import torch
@@ -29,10 +27,10 @@ def same(a, b):
                 assert x[k] == y[k], k
 
 
-def check(ds, context=None):
-    clone = pickle.loads(pickle.dumps(ds))  # spawn/forkserver workers receive a pickled copy
-    assert len(clone) == len(ds)
-    same(batches(ds, 0), batches(ds, 2, context=context))
+def check(ds):
+    # spawn: workers inherit nothing and receive a pickled copy of the dataset and its processors
+    # (forkserver, Python 3.14's default on Linux, too); the skip counter's shared memory goes along
+    same(batches(ds, 0), batches(ds, 2, context="spawn"))
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +42,14 @@ def synthetic(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["default", "confounded"])
 def test_synthetic_splits_with_two_spawned_workers(synthetic, kind):
     sets = synthetic[kind]
-    check(sets["test"], context="spawn")  # spawn: nothing is inherited, everything is pickled
+    check(sets["test"])
     train = batches(sets["train"], 2, context="spawn")
     assert len(train) == 3 and train[0]["image"].shape[0] == 2
 
 
 def test_real_datasets_with_two_workers(shared_data, tmp_path):
-    for name, (ann, images, *_rest) in KARPATHY.items():
+    for name in ("ucm_caption",):  # spawned workers are slow to start: one Karpathy set stands for the three (one builder class)
+        ann, images, *_rest = KARPATHY[name]
         sets = build(name, {"annotation": str(shared_data / ann), "images": str(shared_data / images)})
         train = sets["train"]
         # the items whose image is in ../shared/data (the others are skipped and counted)
@@ -59,9 +58,6 @@ def test_real_datasets_with_two_workers(shared_data, tmp_path):
 
         ev = CaptionEvalDataset([train.records[i] for i in present], sets["test"].vis_processor)
         check(ev)
-        check(sets["test"])  # unreadable images: empty batches in both
-    rsicap = build("rsicap_caption", {"annotation": str(shared_data / "rsgpt/RSICap_captions.EXCERPT_first3.json"), "images": str(tmp_path)})
-    check(rsicap["train"])
     vqa = build("rsieval_vqa", {"annotation": str(shared_data / "rsgpt/RSIEval_annotations.EXCERPT_first3.json"), "images": str(tmp_path)})
     check(vqa["test"])
 
@@ -90,6 +86,6 @@ def test_runner_loader_settings(tmp_path):
         return [b["image"] for b in loader]
 
     a, b, c = epoch(0), epoch(0), epoch(1)
-    assert len(a) == 2
+    assert len(a) == len(loader) > 1
     same([{"x": x} for x in a], [{"x": x} for x in b])  # an epoch's order and augmentation repeat (exact resume)
     assert not all(torch.equal(x, y) for x, y in zip(a, c))

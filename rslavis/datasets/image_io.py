@@ -23,7 +23,6 @@ datasets turn it into a skipped sample with a warning (or re-raise with ``strict
 """
 
 import logging
-import multiprocessing
 
 import numpy as np
 
@@ -141,33 +140,38 @@ def _read_tiff_fallback(path, pil_exc):
 class SkipCounter:
     """How many images were skipped as missing or corrupt, shared with DataLoader workers.
 
-    The count lives in shared memory (``multiprocessing.Value``), so increments made in
-    worker processes are visible to the main process that logs it. ``files`` holds the
-    last few skipped paths seen by this process.
+    The count lives in a shared-memory tensor, one slot per process (the main process and
+    each worker write their own slot, so no lock is needed), which reaches workers started
+    by fork, spawn or forkserver alike; the main process that logs it sums the slots.
+    ``files`` holds the last few skipped paths seen by this process.
     """
 
     MAX_FILES = 20
+    SLOTS = 64
 
     def __init__(self):
-        self._value = multiprocessing.Value("q", 0)
+        import torch
+
+        self._counts = torch.zeros(self.SLOTS + 1, dtype=torch.int64).share_memory_()
         self.files = []
 
     def add(self, path):
-        with self._value.get_lock():
-            self._value.value += 1
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        self._counts[0 if info is None else 1 + info.id % self.SLOTS] += 1
         if len(self.files) < self.MAX_FILES:
             self.files.append(str(path))
 
     @property
     def value(self):
-        return int(self._value.value)
+        return int(self._counts.sum())
 
     def reset(self):
-        with self._value.get_lock():
-            self._value.value = 0
+        self._counts.zero_()
         self.files = []
 
-    def __deepcopy__(self, memo):  # a Value cannot be deep-copied; copies share the count
+    def __deepcopy__(self, memo):  # copies share the count
         return self
 
 

@@ -47,13 +47,18 @@ def collate(samples):
     return out
 
 
+
+def _identity(text):
+    return text
+
+
 class ImageRecordDataset(Dataset):
     """Shared image handling: processors, skip-and-count of unreadable images, feature cache."""
 
     def __init__(self, records, vis_processor=None, text_processor=None, prompt="", strict=False, image_options=None):
         self.records = records
         self.vis_processor = vis_processor
-        self.text_processor = text_processor or (lambda s: s)
+        self.text_processor = text_processor or _identity  # a module function: datasets pickle for spawned workers
         self.prompt = prompt or ""
         self.strict = bool(strict)
         self.image_options = dict(image_options or {})

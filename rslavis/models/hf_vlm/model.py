@@ -355,14 +355,13 @@ class HFVLM(BaseModel):
         """Each image's prompt inputs ``n`` times, image-major (pixel rows follow their images)."""
         if n == 1:
             return inputs
-        b = inputs["input_ids"].shape[0]
         out = {}
         for k, v in inputs.items():
             if not isinstance(v, torch.Tensor):
                 out[k] = v
             elif k == "pixel_values" and self.family.uses_mrope:  # Qwen: patches of all images, concatenated
-                per = v.shape[0] // b
-                out[k] = v.view(b, per, *v.shape[1:]).repeat_interleave(n, 0).reshape(-1, *v.shape[1:])
+                counts = inputs["image_grid_thw"].prod(-1).tolist()
+                out[k] = torch.cat([part for part in v.split(counts) for _ in range(n)])
             else:
                 out[k] = v.repeat_interleave(n, 0)
         return out
@@ -392,14 +391,12 @@ class HFVLM(BaseModel):
         inputs = self.repeat_inputs(self.prompt_inputs(samples), n)
         width = inputs["input_ids"].shape[1]
         tok = self.tokenizer
-        was_training = self.model.training
         sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
         with torch.no_grad():
             gen = self.model.generate(
                 **inputs, max_new_tokens=int(max_len), min_new_tokens=int(min_len), num_beams=1, repetition_penalty=1.0,
                 eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress_ids, **sampling,
             )
-        self.model.train(was_training)
         tokens = gen[:, width:]
         mask = self.completion_mask(tokens)
         tokens = tokens.masked_fill(mask == 0, tok.pad_token_id)

@@ -207,9 +207,10 @@ class RunnerBase:
         if self.lock is not None:
             self.lock.release()
 
-    def load_model_weights(self, path):
-        ckpt = load_checkpoint(path)
-        self.unwrapped.load_state_dict(ckpt["model"])
+    def load_model_weights(self, path, option="run.resume_ckpt_path"):
+        from rslavis.models.loading import load_weights
+
+        load_weights(self.unwrapped, path, option)
 
     # ------------------------------------------------------------------ train / eval
     def _warn_missing_splits(self):
@@ -395,17 +396,10 @@ class RunnerBase:
             split_name = self._split_name(name, split)
             loader = self._loader(dataset, train=False)
             results = self.task.evaluation(self.unwrapped, self._device_loader(loader), split_name)
-            gathered = dist_utils.all_gather_object(results)
+            merged = self.task.gather(results)  # every rank's records, each id once
             metrics = None
             error = None
             if self.is_main:
-                merged, seen = [], set()
-                for part in gathered:
-                    for r in part:  # DistributedSampler pads with repeats: keep the first of each id
-                        key = r.get("question_id", r.get("image_id"))
-                        if key not in seen:
-                            seen.add(key)
-                            merged.append(r)
                 n_expected = len(dataset)
                 if not merged and n_expected:
                     files = getattr(getattr(dataset, "skip_counter", None), "files", [])[:3]

@@ -171,7 +171,7 @@ class GRPOTask(SCSTTask):
         self.start_epoch = int(get("grpo_start_epoch", 0))
         self.group_size = int(get("grpo_group_size", 4))
         self.temperature = float(get("grpo_temperature", 1.0))
-        self.sample_max_len = int(get("grpo_max_len", self.max_len))
+        self.sample_max_len = int(get("grpo_max_len", self.generation["max_len"]))
         self.sample_min_len = int(get("grpo_min_len", 0))
         self.mu = int(get("grpo_mu", 1))
         self.epsilon_low = float(get("grpo_epsilon", 0.2))

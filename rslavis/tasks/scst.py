@@ -40,8 +40,6 @@ reward is not finite) and logs their number per step as ``scst/nonfinite_skipped
 """
 
 import logging
-from pathlib import Path
-
 import torch
 
 from rslavis.common.errors import ConfigError, RegistryKeyError
@@ -75,23 +73,6 @@ def _call_sample(model, samples, **kwargs):
         del inner.forward
 
 
-def load_finetuned(model, path):
-    """Load weights of a runner checkpoint (``.pth``/``.safetensors``) into ``model``; errors name ``model.finetuned``."""
-    from rslavis.common.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    state = state.get("model", state)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(
-            f"model.finetuned {path}: the checkpoint does not fit this model ({' '.join(first[:3])[:300]}); "
-            "was it trained with the same model config (and tokenizer: model.tokenizer_path)?"
-        ) from None
-    return model
-
-
 @registry.register_task("scst")
 class SCSTTask(CaptionTask):
     """Self-critical sequence training (see module docstring)."""
@@ -120,7 +101,7 @@ class SCSTTask(CaptionTask):
         self.num_samples = int(get("scst_num_samples", 5))
         self.temperature = float(get("scst_temperature", 1.0))
         self.baseline = str(get("scst_baseline", "greedy"))
-        self.sample_max_len = int(get("scst_max_len", self.max_len))
+        self.sample_max_len = int(get("scst_max_len", self.generation["max_len"]))
         self.sample_min_len = int(get("scst_min_len", 0))
         self.reward_parser = run.get("scst_reward_parser")
         if self.reward_parser is not None and not isinstance(self.reward_parser, str):
@@ -177,27 +158,6 @@ class SCSTTask(CaptionTask):
                     corpus.extend(ds.references().values())
         self.corpus = corpus or None
         return datasets
-
-    def build_model(self, cfg):
-        """The configured model; with ``model.finetuned`` its weights come from that checkpoint."""
-        path = cfg.model.get("finetuned")
-        if not path:
-            return super().build_model(cfg)
-        path = Path(str(path))
-        model_cls = registry.get_model_class(cfg.model.arch)
-        if path.is_dir():
-            if not hasattr(model_cls, "from_pretrained"):
-                raise ConfigError(f"model.finetuned {path}: a directory, but {model_cls.__name__} has no from_pretrained; give a checkpoint file.")
-            return model_cls.from_pretrained(path)
-        if not path.is_file():
-            raise ConfigError(f"model.finetuned {path}: no such checkpoint file or save_pretrained directory.")
-        tok_dir = path.parent / "tokenizer"
-        if "tokenizer_path" in cfg.model and not cfg.model.get("tokenizer_path") and tok_dir.is_dir():
-            cfg.model.tokenizer_path = str(tok_dir)  # the runner saves the fitted tokenizer beside its checkpoints
-        model = super().build_model(cfg)
-        load_finetuned(model, path)
-        logger.info("model.finetuned: loaded %s", path)
-        return model
 
     @property
     def reward(self):

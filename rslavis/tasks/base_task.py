@@ -38,6 +38,11 @@ class BaseTask:
         model_cls = registry.get_model_class(model_cfg.arch)
         return model_cls.from_config(model_cfg)
 
+    def run_value(self, key, default):
+        """``run.<key>``, or ``default`` when it is unset or null (a given 0, 0.0 or false is kept)."""
+        value = self.cfg.run.get(key)
+        return default if value is None else value
+
     def build_datasets(self, cfg):
         """``{dataset_name: {split: Dataset}}`` from every entry of ``datasets:``."""
         out = {}

@@ -61,14 +61,14 @@ def _unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def _call_sample(model, samples, **kwargs):
-    """``model.sample``; under DDP it goes through the wrapper's forward so gradients are all-reduced."""
+def call_through_ddp(model, method, *args, **kwargs):
+    """``model.<method>(...)``; under DDP through the wrapper's forward so gradients are all-reduced."""
     if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model.sample(samples, **kwargs)
+        return getattr(model, method)(*args, **kwargs)
     inner = model.module
-    inner.forward = inner.sample  # instance attribute shadows the class's forward for this call
+    inner.forward = getattr(inner, method)  # instance attribute shadows the class's forward for this call
     try:
-        return model(samples, **kwargs)
+        return model(*args, **kwargs)
     finally:
         del inner.forward
 
@@ -92,17 +92,12 @@ class SCSTTask(CaptionTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         run = cfg.run
-
-        def get(key, default):
-            value = run.get(key)
-            return default if value is None else value
-
-        self.start_epoch = int(get("scst_start_epoch", 0))
-        self.num_samples = int(get("scst_num_samples", 5))
-        self.temperature = float(get("scst_temperature", 1.0))
-        self.baseline = str(get("scst_baseline", "greedy"))
-        self.sample_max_len = int(get("scst_max_len", self.generation["max_len"]))
-        self.sample_min_len = int(get("scst_min_len", 0))
+        self.start_epoch = int(self.run_value("scst_start_epoch", 0))
+        self.num_samples = int(self.run_value("scst_num_samples", 5))
+        self.temperature = float(self.run_value("scst_temperature", 1.0))
+        self.baseline = str(self.run_value("scst_baseline", "greedy"))
+        self.sample_max_len = int(self.run_value("scst_max_len", self.generation["max_len"]))
+        self.sample_min_len = int(self.run_value("scst_min_len", 0))
         self.reward_parser = run.get("scst_reward_parser")
         if self.reward_parser is not None and not isinstance(self.reward_parser, str):
             from omegaconf import OmegaConf
@@ -122,7 +117,7 @@ class SCSTTask(CaptionTask):
         self.rewards_cfg = self._rewards_mapping(run.get("rewards"))
         from rslavis.rewards.combine import NONFINITE
 
-        self.nonfinite = str(get("nonfinite_rewards", "error"))
+        self.nonfinite = str(self.run_value("nonfinite_rewards", "error"))
         if self.nonfinite not in NONFINITE:
             raise ConfigError(f"run.nonfinite_rewards {self.nonfinite!r} is invalid; valid: {', '.join(NONFINITE)}.")
         self.corpus = None
@@ -223,7 +218,7 @@ class SCSTTask(CaptionTask):
         reward = self.reward
         refs = samples["references"]
         t0 = time.perf_counter()
-        out = _call_sample(model, samples, n=n, temperature=self.temperature, max_len=self.sample_max_len,
+        out = call_through_ddp(model, "sample", samples, n=n, temperature=self.temperature, max_len=self.sample_max_len,
                            min_len=self.sample_min_len, return_logits=True)
         greedy = self.greedy_captions(model, samples) if self.baseline == "greedy" else None
         t1 = time.perf_counter()

@@ -60,50 +60,17 @@ def list_images(folder, recursive=False):
     return root, found
 
 
-def _run_config(run_dir):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.load(run_dir / "config.yaml")
-
-
 def load_model(checkpoint, device="cpu"):
-    """``(model, run config or None, run folder)`` from any of the accepted ``--checkpoint`` forms."""
+    """``(model, run config or None, run folder)`` from any of the accepted ``--checkpoint`` forms
+    (:func:`rslavis.models.loading.load_model`), in eval mode on ``device``."""
     import torch
 
-    from rslavis.common.checkpoint import load_checkpoint, load_model_state
-    from rslavis.common.registry import registry
+    from rslavis.models.loading import load_model as load
 
     path = Path(checkpoint).expanduser()
-    if path.is_file() and path.suffix == ".pth":
-        run_dir, ckpt = path.parent, path
-    elif path.is_dir():
-        run_dir, ckpt = path, None
-    else:
+    if not (path.is_dir() or (path.is_file() and path.suffix == ".pth")):
         raise ConfigError(f"--checkpoint {checkpoint}: no such folder or .pth file.")
-
-    if ckpt is None and (run_dir / "config.json").is_file():
-        cfg = json.loads((run_dir / "config.json").read_text())
-        arch = cfg.get("arch")
-        if not arch:
-            raise ConfigError(f"{run_dir / 'config.json'}: no 'arch' key; it was not written by a model's save_pretrained.")
-        model = registry.get_model_class(arch).from_pretrained(run_dir)
-        return model.to(device).eval(), None, run_dir
-
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--checkpoint {checkpoint}: neither a run folder (config.yaml) nor a save_pretrained folder (config.json).")
-    if ckpt is None:
-        ckpt = next((run_dir / n for n in ("checkpoint_best.pth", "checkpoint_latest.pth") if (run_dir / n).is_file()), None)
-        if ckpt is None:
-            raise ConfigError(f"--checkpoint {run_dir}: no checkpoint_best.pth or checkpoint_latest.pth in the run folder.")
-    cfg = _run_config(run_dir)
-    mcfg = cfg.model
-    if (run_dir / "tokenizer").is_dir():
-        mcfg.tokenizer_path = str(run_dir / "tokenizer")
-    model = registry.get_model_class(mcfg.arch).from_config(mcfg)
-    load_model_state(model, load_checkpoint(ckpt), f"--checkpoint {ckpt}")
-    if hasattr(model, "load_retrieval") and not getattr(model, "disable_rag", True) and (run_dir / "retrieval").is_dir():
-        model.load_retrieval(run_dir / "retrieval")
-    logger.info("loaded %s from %s", type(model).__name__, ckpt)
+    model, cfg, run_dir = load(path, option="--checkpoint")
     return model.to(torch.device(device)).eval(), cfg, run_dir
 
 
@@ -165,12 +132,12 @@ def run(args):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     root, files = list_images(args.images, args.recursive)
     model, cfg, _ = load_model(args.checkpoint, args.device)
-    run_cfg = cfg.get("run", {}) if cfg is not None else {}
-    gen = {
-        "max_len": args.max_len or run_cfg.get("max_len") or 30,
-        "min_len": args.min_len or run_cfg.get("min_len") or 1,
-        "num_beams": args.num_beams or run_cfg.get("num_beams") or 1,
-    }
+    from rslavis.tasks.generation import generation_settings
+
+    run_cfg = dict(cfg.get("run", {}) if cfg is not None else {})
+    given = {"max_len": args.max_len, "min_len": args.min_len, "num_beams": args.num_beams}
+    run_cfg.update({k: v for k, v in given.items() if v is not None})  # the command line wins over the run's settings
+    gen = generation_settings(run_cfg)
     results, skipped = caption_images(model, files, root, image_processor(model, cfg), args.batch_size, gen)
     if not results:
         raise DataError(f"--images {args.images}: none of its {len(files)} images could be read (first: {skipped[0][1]}); nothing was captioned.")

@@ -535,3 +535,35 @@ def test_caption_two_images_with_one_id(run_folder, tmp_path, capsys):
     rc, err = caption(capsys, "--checkpoint", str(run_folder), "--images", str(_images(tmp_path / "img", ["a.png", "a.jpg"])))
     assert rc == 2
     assert "a.jpg and a.png would both get image_id 'a'" in one_error(err)
+
+
+# ---------------------------------------------------------------------- generation settings and model.finetuned (issue 13's readers)
+@pytest.mark.parametrize("option, message", [
+    ("run.max_len=0", "run.max_len: 0 is invalid; valid: an integer >= 1"),
+    ("run.num_beams=0", "run.num_beams: 0 is invalid; valid: an integer >= 1 (1: greedy)"),
+])
+def test_impossible_generation_settings(project, capsys, option, message):
+    rc, err = train(capsys, project(), option)
+    assert rc == 2 and message in one_error(err)
+
+
+def test_finetuned_checkpoint_is_what_an_evaluate_only_captioning_run_scores(run_folder, project, tmp_path, capsys):
+    from rslavis.common.config import Config
+    from rslavis.common.registry import registry
+
+    ckpt = run_folder / "checkpoint_latest.pth"
+    tok = run_folder / "tokenizer"
+    cfg = project()
+    options = [f"model.finetuned={ckpt}", f"model.tokenizer_path={tok}", "run.evaluate=True", "run.valid_splits=[]"]
+    config = Config.from_file(cfg, options)
+    model = registry.get_task_class("captioning").setup_task(config).build_model(config)
+    state = load_checkpoint(ckpt)["model"]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if k in state)
+    rc, err = train(capsys, cfg, *options, "run.job_id=ft")
+    assert rc == 0, err[-2000:]
+    rc, err = train(capsys, cfg, "run.evaluate=True", "run.valid_splits=[]", f"run.resume_ckpt_path={ckpt}",
+                    f"model.tokenizer_path={tok}", "run.job_id=resumed")
+    assert rc == 0, err[-2000:]
+    a = json.loads((tmp_path / "out" / "ft" / "metrics_test.json").read_text())
+    b = json.loads((tmp_path / "out" / "resumed" / "metrics_test.json").read_text())
+    assert a == b

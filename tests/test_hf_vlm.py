@@ -229,3 +229,18 @@ def test_two_line_model_section_loads_a_local_checkpoint(tmp_path):
     trainable = {n for n, p in built.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or ".merger." in n for n in trainable)
     assert any("lora_" in n for n in trainable) and any(".merger." in n for n in trainable)
+
+
+def test_repeated_inputs_keep_each_images_pixels(trained):
+    """Sampling n answers per image repeats each image's pixel rows next to its prompt (Qwen: patch rows)."""
+    family, model, samples, _ = trained
+    inputs = model.prompt_inputs(samples)
+    rep = model.repeat_inputs(inputs, 2)
+    for i in range(3):
+        alone = model.prompt_inputs({k: v[i : i + 1] for k, v in samples.items()})
+        for j in (2 * i, 2 * i + 1):
+            if model.family.uses_mrope:
+                counts = rep["image_grid_thw"].prod(-1).tolist()
+                assert torch.equal(rep["pixel_values"].split(counts)[j], alone["pixel_values"])
+            else:
+                assert torch.equal(rep["pixel_values"][j], alone["pixel_values"][0])

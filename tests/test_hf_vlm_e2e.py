@@ -50,6 +50,8 @@ def test_caption_project_trains_and_evaluates(family, tmp_path):
     assert "CIDEr" in json.dumps(metrics)
     preds = json.loads(next((run_dir / "result").glob("test_epoch*.json")).read_text())
     assert len(preds) == 4
+    if family not in ("qwen2_5_vl", "paligemma"):  # the processor round trip of every family is in test_hf_vlm.py
+        return
     # the checkpoint and the saved processor reproduce the test captions without training
     ev = train(f"synthetic_caption_{family}.yaml", tmp_path, *SMALL, "run.job_id=b", "run.evaluate=True",
                f"run.resume_ckpt_path={run_dir / 'checkpoint_best.pth'}", f"model.tokenizer_path={run_dir / 'tokenizer'}")

@@ -122,7 +122,7 @@ def test_mixture_of_identical_experts_equals_the_dense_model(dense_dir):
             torch.nn.init.normal_(moe.router.gate.weight, std=2.0)  # far from uniform routing
             enc = moe.encode(samples)
             assert enc.gates.std() > 0.05
-            targets, tmask = moe._targets(samples["text_output"])
+            targets, tmask = moe.answer_targets(samples["text_output"])
             mixed = moe.target_logprobs(enc, targets, tmask)
             inputs = blip.build_inputs(samples, padding_side="left")
             dense = blip._lm_logits(blip.image_features(inputs), inputs["input_ids"], inputs["attention_mask"], targets)
@@ -313,7 +313,7 @@ def test_top_k_routing_skips_experts():
     # rows go only to their expert, and the mixture is that expert's distribution
     enc.gates = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # two rows, two different experts
     with torch.no_grad():
-        targets, tmask = model._targets(samples["text_output"])
+        targets, tmask = model.answer_targets(samples["text_output"])
         logp = model.target_logprobs(enc, targets, tmask)
         for row, k in enumerate(enc.gates.argmax(1).tolist()):
             alone = model.expert_target_logits(enc, targets, tmask, experts=[k])[k][row]

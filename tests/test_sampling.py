@@ -4,7 +4,7 @@ log-probs equal to a teacher-forced recomputation, greedy equal to generate().""
 import pytest
 import torch
 
-from rslavis.models.sampling import sample_tokens
+from rslavis.models.decoding import sample_tokens
 
 EOS, PAD = 0, 4
 
@@ -167,3 +167,46 @@ def test_smallcap_causal_inherits_a_consistent_sample():
     assert torch.allclose(out.logprobs, _teacher_forced_logprobs(model, samples, out, 2, 1.0), atol=1e-4)
     with torch.no_grad():
         assert model.sample(samples, max_len=6, min_len=1, greedy=True).captions == model.generate(samples, max_len=6, min_len=1)
+
+
+def _exhaustive_best(first, table, max_len, length_penalty=1.0, min_len=0):
+    """Reference for beam search: the best of every sequence of up to ``max_len`` tokens (ending at
+    EOS or at ``max_len``) by ``sum log p / length**length_penalty``."""
+    import itertools
+
+    lp_first, lp_table = torch.log_softmax(first, -1), torch.log_softmax(table, -1)
+    best, best_seq = -float("inf"), None
+    vocab = [t for t in range(first.shape[0]) if t != PAD]
+    for n in range(1, max_len + 1):
+        for seq in itertools.product(vocab, repeat=n):
+            if EOS in seq[:-1] or (seq[-1] != EOS and n < max_len) or (EOS in seq and seq.index(EOS) < min_len):
+                continue
+            score = float(lp_first[seq[0]]) + sum(float(lp_table[a, b]) for a, b in zip(seq, seq[1:]))
+            score /= n ** length_penalty
+            if score > best:
+                best, best_seq = score, list(seq)
+    return best_seq
+
+
+@pytest.mark.parametrize("length_penalty, min_len", [(1.0, 0), (0.0, 0), (2.0, 0), (1.0, 2)])
+def test_beam_search_finds_the_exhaustive_best(length_penalty, min_len):
+    from rslavis.models.decoding import beam_search, greedy_tokens, reorder_state
+
+    g = torch.Generator().manual_seed(3)
+    first = torch.randn(5, generator=g) * 2
+    table = torch.randn(5, 5, generator=g) * 2
+    first[PAD] = table[:, PAD] = -30.0  # the pad token is never chosen
+    b, nb, max_len = 2, 25, 4  # wide enough to keep every prefix: beam search is then exact
+    state = torch.arange(b * nb)  # a per-row state: reordered with the beams
+    out = beam_search(lambda tok, st: (table[tok], st), first.expand(b * nb, 5), state, batch_size=b, num_beams=nb,
+                      max_len=max_len, eos_token_id=EOS, pad_token_id=PAD, min_len=min_len, length_penalty=length_penalty)
+    want = _exhaustive_best(first, table, max_len, length_penalty, min_len)
+    for row in out.tolist():
+        assert row[: len(want)] == want and all(t == PAD for t in row[len(want):])
+    # one beam is greedy decoding
+    one = beam_search(lambda tok, st: (table[tok], st), first.expand(b, 5), None, batch_size=b, num_beams=1, max_len=max_len,
+                      eos_token_id=EOS, pad_token_id=PAD, min_len=min_len)
+    greedy = greedy_tokens(lambda tok, st: (table[tok], st), first.expand(b, 5), None, max_len, EOS, PAD, min_len=min_len)
+    assert one.tolist() == greedy.tolist()
+    mask, rest, tag = reorder_state((torch.tensor([5, 6]), {"k": [torch.tensor([1, 2])]}, "x"), torch.tensor([1, 1]))
+    assert mask.tolist() == [6, 6] and rest["k"][0].tolist() == [2, 2] and tag == "x"

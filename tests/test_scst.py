@@ -11,7 +11,7 @@ from torch import nn
 
 from rslavis.common.errors import ConfigError
 from rslavis.models.base_model import BaseModel
-from rslavis.models.sampling import sample_tokens
+from rslavis.models.decoding import sample_tokens
 from rslavis.rewards.base_reward import BaseReward
 from rslavis.rewards.combine import build_reward
 from rslavis.rewards.varentropy import VarentropyTerm

@@ -130,3 +130,22 @@ def test_resume_is_exact_with_nkl_window_and_running_normalisation(tmp_path):
     # the resumed log has each step once
     steps = [json.loads(l)["step"] for l in (tmp_path / "out" / "part" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
     assert steps == sorted(set(steps)) and len(steps) == 15
+
+
+@pytest.mark.parametrize("task_name", ["captioning", "vqa", "preference", "scst"])
+def test_every_task_honours_model_finetuned(runs, tmp_path, task_name):
+    """BaseTask.build_model loads ``model.finetuned`` (a checkpoint or a save_pretrained folder) for every task."""
+    from rslavis.common.config import Config
+    from rslavis.common.registry import registry
+
+    tmp, cfg = runs
+    ckpt = tmp / "out" / "full" / "checkpoint_best.pth"
+    state = load_checkpoint(ckpt)["model"]
+    config = Config.from_file(cfg, [f"model.finetuned={ckpt}"])
+    task = registry.get_task_class(task_name).setup_task(config)
+    model = task.build_model(config)
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    model.save_pretrained(tmp_path / "saved")
+    again = task.build_model(Config.from_file(cfg, [f"model.finetuned={tmp_path / 'saved'}"]))
+    assert all(torch.equal(v, state[k]) for k, v in again.state_dict().items())

@@ -98,10 +98,9 @@ def training_context_features(encoder, datasets, processor=None, device="cpu", b
 
     Only ``datasets[name][split]`` is read (training data only: the dictionary must not
     see validation or test images). Images go through the deterministic eval processor
-    of the dataset (or ``processor``), as the retrieval datastore encodes them.
+    of the dataset (or ``processor``), as the retrieval datastore encodes them; each dataset
+    decodes its own images (``read_image``), so this module imports no dataset code.
     """
-    from rslavis.datasets.image_io import load_image
-
     feats, paths = [], []
     for name, splits in datasets.items():
         train = splits.get(split)
@@ -110,7 +109,6 @@ def training_context_features(encoder, datasets, processor=None, device="cpu", b
         proc = next((ds.vis_processor for s, ds in splits.items() if s != split and getattr(ds, "vis_processor", None) is not None), processor)
         if proc is None:
             raise ConfigError(f"backdoor block: dataset {name} has no eval image processor to encode its training images with.")
-        options = getattr(train, "image_options", {}) or {}
         seen = []
         for r in train.records:
             if r["image"] not in seen:
@@ -120,7 +118,7 @@ def training_context_features(encoder, datasets, processor=None, device="cpu", b
         try:
             for start in range(0, len(seen), batch_size):
                 chunk = seen[start : start + batch_size]
-                images = torch.stack([proc(load_image(p, **options)) for p in chunk]).to(device)
+                images = torch.stack([proc(train.read_image(p)) for p in chunk]).to(device)
                 tokens, _ = encoder(images)
                 feats.append(tokens.float().mean(1).cpu().numpy())
                 paths.extend(chunk)

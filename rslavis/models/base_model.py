@@ -4,8 +4,17 @@ A model maps ``model_type`` to a default YAML (``PRETRAINED_MODEL_CONFIG_DICT``)
 builds itself from its config section (``from_config``), trains through
 ``forward(samples) -> {"loss": ...}`` and captions through ``generate``. Models that
 also implement ``sample`` can be trained with SCST.
+
+Persistence is written once here: ``save_pretrained(dir)`` writes ``config.json`` (the
+registry name as ``arch`` and the model config, local paths cleared), ``hf_config.json``
+(the transformers config, for models that have one), ``tokenizer/`` and
+``model.safetensors``; ``from_pretrained(dir)`` reads them back. A model overrides only
+what it adds: :attr:`LOCAL_PATH_KEYS`, :meth:`hf_config_to_save`, :meth:`save_tokenizers`,
+:meth:`saved_parts` (what the constructor gets back), :meth:`save_extras`/:meth:`load_extras`.
 """
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -41,6 +50,20 @@ class SampleOutput:
 class BaseModel(nn.Module):
     PRETRAINED_MODEL_CONFIG_DICT = {}
     DEFAULT_MODEL_TYPE = None
+    # config keys naming local files the saved folder replaces (cleared in config.json)
+    LOCAL_PATH_KEYS = ("tokenizer_path",)
+    SAVED_FILES = ("config.json",)  # what from_pretrained requires in a saved folder
+
+    def __init__(self, cfg=None, lazy=False):
+        """``cfg``: the ``model`` section, kept as a plain dict in ``self.cfg``. ``lazy``: parts are
+        built later (in prepare_for_training); a buffer then tracks ``.to(device)`` until they exist."""
+        super().__init__()
+        if cfg is not None:
+            from rslavis.common.config import to_plain
+
+            self.cfg = dict(to_plain(cfg) or {})
+        if lazy:
+            self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
 
     @classmethod
     def default_config_path(cls, model_type, source="config"):
@@ -91,3 +114,96 @@ class BaseModel(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return total, trainable
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def registry_name(cls):
+        """The name this class is registered under (the ``arch`` of its saved folders)."""
+        from rslavis.common.registry import registry
+
+        for name, klass in registry.registered("model").items():
+            if klass is cls:
+                return name
+        raise ConfigError(f"{cls.__name__} is not a registered model; register it with @registry.register_model(name) to save it.")
+
+    def check_built(self):
+        """Raise when the model cannot be saved or run yet (parts are built in prepare_for_training)."""
+
+    def portable_config(self):
+        """The config written to ``config.json``: local paths cleared (the saved folder holds their content)."""
+        return {**dict(getattr(self, "cfg", {}) or {}), **{k: None for k in self.LOCAL_PATH_KEYS}}
+
+    def hf_config_to_save(self):
+        """A transformers config written as ``hf_config.json`` (None: the model has none)."""
+        return None
+
+    def save_tokenizers(self, directory):
+        """Write the model's tokenizer(s) to ``directory`` (nothing when it has none)."""
+        tok = getattr(self, "tokenizer", None)
+        if tok is not None:
+            tok.save_pretrained(str(directory))
+
+    def save_extras(self, directory):
+        """Anything else a saved folder needs (e.g. a retrieval datastore)."""
+
+    def load_extras(self, directory):
+        """Read back what :meth:`save_extras` wrote (also called on a run folder when loading a checkpoint)."""
+
+    def save_pretrained(self, directory):
+        """``config.json``, ``hf_config.json`` (if any), ``tokenizer/`` and ``model.safetensors`` in ``directory``."""
+        from safetensors.torch import save_model
+
+        from rslavis.common.checkpoint import atomic_write_json, atomic_write_text
+
+        self.check_built()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json({"arch": self.registry_name(), **self.portable_config()}, d / "config.json", indent=2)
+        hf_config = self.hf_config_to_save()
+        if hf_config is not None:
+            atomic_write_text(hf_config.to_json_string(), d / "hf_config.json")
+        self.save_tokenizers(d / "tokenizer")
+        self.save_extras(d)
+        tmp = d / ".model.safetensors.tmp"
+        save_model(self, str(tmp))  # handles tied weights (GPT-2's input/output embeddings)
+        os.replace(tmp, d / "model.safetensors")
+
+    @classmethod
+    def saved_parts(cls, directory, cfg):
+        """Constructor keyword arguments rebuilt from a saved folder (default: its tokenizer, if any)."""
+        tok_dir = Path(directory) / "tokenizer"
+        if not tok_dir.is_dir():
+            return {}
+        from rslavis.models.tokenization import load_tokenizer
+
+        return {"tokenizer": load_tokenizer(tok_dir, option=str(tok_dir))}
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        """The model saved by :meth:`save_pretrained` in ``directory``."""
+        d = Path(directory)
+        name = cls.registry_name()
+        missing = [f for f in cls.SAVED_FILES if not (d / f).is_file()]
+        if missing:
+            raise ConfigError(f"{d}: not a saved {name} model ({'/'.join(missing)} missing); write one with save_pretrained.")
+        from safetensors.torch import load_model
+
+        cfg = json.loads((d / "config.json").read_text())
+        arch = cfg.pop("arch", name)
+        if arch != name:
+            raise ConfigError(f"{d}: config.json is a saved {arch!r} model, not a {name} one; load it with that model's from_pretrained.")
+        model = cls(cfg, **cls.saved_parts(d, cfg))
+        load_model(model, str(d / "model.safetensors"))
+        model.load_extras(d)
+        return model
+
+    @classmethod
+    def from_run_folder(cls, run_dir, cfg):
+        """An unloaded model of a run: ``cfg`` (its ``model`` section, a dict) completed with what the
+        run wrote beside its checkpoints (the fitted ``tokenizer/``); the runner checkpoint's weights
+        are loaded afterwards by :func:`rslavis.models.loading.load_weights`."""
+        cfg = dict(cfg)
+        tok_dir = Path(run_dir) / "tokenizer"
+        if not cfg.get("tokenizer_path") and tok_dir.is_dir():
+            cfg["tokenizer_path"] = str(tok_dir)
+        return cls.from_config(cfg)

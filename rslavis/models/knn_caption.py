@@ -29,7 +29,6 @@ import logging
 import numpy as np
 import torch
 
-from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, DataError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -72,8 +71,7 @@ class KNNCaption(BaseModel):
     DEFAULT_MODEL_TYPE = "tiny"
 
     def __init__(self, cfg):
-        super().__init__()
-        self.cfg = dict(to_plain(cfg) or {})
+        super().__init__(cfg)
         self.k = int(self.cfg.get("k", 5))
         if self.k < 1:
             raise ConfigError(f"model.k must be a positive integer, got {self.cfg.get('k')!r}.")

@@ -19,16 +19,13 @@ Interface: :meth:`ScoreModel.scores` (with grad, for training), :meth:`ScoreMode
 size when they differ; they are expected normalised as the rs image processors do.
 """
 
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -89,9 +86,7 @@ class ScoreModel(BaseModel):
     DEFAULT_MODEL_TYPE = "tiny_clip"
 
     def __init__(self, cfg, tokenizer=None, hf_config=None):
-        super().__init__()
-        self.cfg = dict(to_plain(cfg) or {})
-        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        super().__init__(cfg, lazy=True)
         self.kind = str(self.cfg.get("type") or "clip")
         if self.kind not in TYPES:
             raise ConfigError(f"model.type: {self.kind!r} is unknown for score_model; valid: {', '.join(TYPES)}.")
@@ -298,62 +293,55 @@ class ScoreModel(BaseModel):
         return load_scorer(path, device)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory):
-        """``config.json``, ``model.safetensors``, tokenizer(s) and the transformers config of the towers."""
-        from safetensors.torch import save_model
-
-        from rslavis.common.checkpoint import atomic_write_json
-
+    # (BaseModel.save_pretrained writes config.json, hf_config.json, tokenizer/ and model.safetensors)
+    def check_built(self):
         self._require()
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = dict(self.cfg, tokenizer_path=None)
+
+    def portable_config(self):
+        cfg = super().portable_config()
         if self.kind == "vlm":
-            self.vlm.save_tokenizers(d / "tokenizer")
-            (d / "hf_config.json").write_text(self.vlm.model.config.to_json_string())
             cfg["vlm"] = dict(cfg.get("vlm") or {}, tokenizer_path=None, pretrained=None)
         elif self.clip is not None:
-            self.tokenizer.save_pretrained(str(d / "tokenizer"))
-            (d / "hf_config.json").write_text(self.clip.config.to_json_string())
             cfg["pretrained"] = None
         else:
             cfg["checkpoint"] = None  # the weights are in model.safetensors
             if cfg.get("model_config"):
-                target = d / "open_clip_config.json"
-                target.write_text(Path(cfg["model_config"]).read_text())
-                cfg["model_config"] = target.name
-        atomic_write_json({"arch": "score_model", **cfg}, d / "config.json", indent=2)
-        tmp = d / ".model.safetensors.tmp"
-        save_model(self, str(tmp))
-        os.replace(tmp, d / "model.safetensors")
+                cfg["model_config"] = "open_clip_config.json"
+        return cfg
+
+    def hf_config_to_save(self):
+        if self.kind == "vlm":
+            return self.vlm.model.config
+        return self.clip.config if self.clip is not None else None
+
+    def save_tokenizers(self, directory):
+        if self.kind == "vlm":
+            self.vlm.save_tokenizers(directory)
+        elif self.clip is not None:
+            self.tokenizer.save_pretrained(str(directory))
+        # open_clip: the tokenizer comes with clip_arch
+
+    def save_extras(self, directory):
+        if self.open_clip is not None and self.cfg.get("model_config"):
+            (Path(directory) / "open_clip_config.json").write_text(Path(self.cfg["model_config"]).read_text())
 
     @classmethod
-    def from_pretrained(cls, directory):
+    def saved_parts(cls, directory, cfg):
         d = Path(directory)
-        if not (d / "config.json").is_file():
-            raise ConfigError(f"{d}: not a saved score_model (config.json missing); write one with save_pretrained.")
-        from safetensors.torch import load_model
-
-        cfg = json.loads((d / "config.json").read_text())
-        if cfg.pop("arch", "score_model") != "score_model":
-            raise ConfigError(f"{d}: config.json is not a score_model's.")
         kind = cfg.get("type") or "clip"
         if kind == "vlm":
             from transformers import InstructBlipConfig
 
-            cfg["tokenizer_path"] = str(d / "tokenizer")
-            model = cls(cfg, hf_config=InstructBlipConfig.from_json_file(str(d / "hf_config.json")))
-        elif (cfg.get("backend") or "hf") == "hf":
+            cfg["tokenizer_path"] = str(d / "tokenizer")  # the VLM reads both tokenizers from there
+            return {"hf_config": InstructBlipConfig.from_json_file(str(d / "hf_config.json"))}
+        if (cfg.get("backend") or "hf") == "hf":
             from transformers import CLIPConfig
 
-            model = cls(cfg, tokenizer=load_tokenizer(d / "tokenizer", option=str(d / "tokenizer")),
-                        hf_config=CLIPConfig.from_json_file(str(d / "hf_config.json")))
-        else:
-            if cfg.get("model_config"):
-                cfg["model_config"] = str(d / cfg["model_config"])
-            model = cls(cfg)
-        load_model(model, str(d / "model.safetensors"))
-        return model
+            return {"tokenizer": load_tokenizer(d / "tokenizer", option=str(d / "tokenizer")),
+                    "hf_config": CLIPConfig.from_json_file(str(d / "hf_config.json"))}
+        if cfg.get("model_config"):
+            cfg["model_config"] = str(d / cfg["model_config"])
+        return {}
 
 
 _CACHE = {}
@@ -366,38 +354,17 @@ def load_scorer(path, device=None):
     (``config.yaml`` with ``model.arch: score_model``, ``checkpoint_best.pth`` or
     ``checkpoint_latest.pth``, ``tokenizer/``) or one of its checkpoint files.
     """
+    from rslavis.models.loading import load_model, run_checkpoint
+
     p = Path(str(path)).expanduser()
-    if p.is_file() and p.suffix in (".pth", ".safetensors"):
-        run_dir, ckpt = p.parent, p
-    elif p.is_dir() and (p / "config.json").is_file():
-        run_dir, ckpt = None, p / "model.safetensors"
-    elif p.is_dir() and (p / "config.yaml").is_file():
-        run_dir = p
-        ckpt = next((p / n for n in ("checkpoint_best.pth", "checkpoint_latest.pth") if (p / n).is_file()), None)
-        if ckpt is None:
-            raise ConfigError(f"scorer {p}: a run folder without checkpoint_best.pth or checkpoint_latest.pth; has training finished?")
+    if p.is_dir() and (p / "config.json").is_file():
+        stamp = p / "model.safetensors"
+    elif (p.is_file() and p.suffix in (".pth", ".safetensors")) or (p.is_dir() and (p / "config.yaml").is_file()):
+        stamp = run_checkpoint(p, option="scorer")[1]
     else:
         raise ConfigError(f"scorer {p}: not found, or neither a save_pretrained directory (config.json) nor a score_model run folder (config.yaml + checkpoint_best.pth).")
-    key = (str(p.resolve()), ckpt.stat().st_mtime if ckpt.is_file() else 0, str(device))
-    if key in _CACHE:
-        return _CACHE[key]
-    if run_dir is None:
-        model = ScoreModel.from_pretrained(p)
-    else:
-        from omegaconf import OmegaConf
-
-        from rslavis.common.checkpoint import load_checkpoint, load_model_state
-
-        conf = OmegaConf.load(run_dir / "config.yaml")
-        mcfg = OmegaConf.to_container(conf.model, resolve=True)
-        if mcfg.get("arch") != "score_model":
-            raise ConfigError(f"scorer {run_dir}: config.yaml trains model.arch {mcfg.get('arch')!r}, not score_model.")
-        if not mcfg.get("tokenizer_path") and (run_dir / "tokenizer").is_dir() and not (mcfg.get("pretrained") or mcfg.get("backend") == "open_clip"):
-            mcfg["tokenizer_path"] = str(run_dir / "tokenizer")
-        model = ScoreModel(mcfg)
-        load_model_state(model, load_checkpoint(ckpt), f"scorer {ckpt}")
-    model.eval()
-    if device is not None:
-        model.to(device)
-    _CACHE[key] = model
-    return model
+    key = (str(p.resolve()), stamp.stat().st_mtime if stamp.is_file() else 0, str(device))
+    if key not in _CACHE:
+        model = load_model(p, option="scorer", arch="score_model")[0].eval()
+        _CACHE[key] = model.to(device) if device is not None else model
+    return _CACHE[key]

@@ -283,17 +283,19 @@ class RunnerBase:
         if self.lock is not None:
             self.lock.release()
 
-    def load_model_weights(self, path):
-        ckpt = load_checkpoint(path)
+    def load_model_weights(self, path, option="run.resume_ckpt_path"):
         if self.fsdp and self._wrapped is not None:  # sharded: the checks, then each rank takes its shards
             from rslavis.runners import fsdp
 
+            ckpt = load_checkpoint(path)
             info = ckpt.get("model_info") or {}
             if info and not info.get("full", True) and info.get("base_probe") != self._base_identity["probe"]:
-                raise ConfigError(f"checkpoint {path}: a trained-only checkpoint made on other base weights ({info.get('base_sources')}).")
+                raise ConfigError(f"{option} {path}: a trained-only checkpoint made on other base weights ({info.get('base_sources')}).")
             fsdp.load_model_state(self._model, ckpt["model"])
             return
-        load_model_state(self.unwrapped, ckpt, f"checkpoint {path}")
+        from rslavis.models.loading import load_weights
+
+        load_weights(self.unwrapped, path, option)
 
     # ------------------------------------------------------------------ train / eval
     def _warn_missing_splits(self):
@@ -498,17 +500,10 @@ class RunnerBase:
             loader = self._loader(dataset, train=False)
             with self.autocast(), dist_utils.full_parameters(self.unwrapped):
                 results = self.task.evaluation(self.unwrapped, self._device_loader(loader), split_name)
-            gathered = dist_utils.all_gather_object(results)
+            merged = self.task.gather(results)  # every rank's records, each id once
             metrics = None
             error = None
             if self.is_main:
-                merged, seen = [], set()
-                for part in gathered:
-                    for r in part:  # DistributedSampler pads with repeats: keep the first of each id
-                        key = r.get("question_id", r.get("image_id"))
-                        if key not in seen:
-                            seen.add(key)
-                            merged.append(r)
                 n_expected = len(dataset)
                 if not merged and n_expected:
                     files = getattr(getattr(dataset, "skip_counter", None), "files", [])[:3]

@@ -3,14 +3,11 @@
 import logging
 from pathlib import Path
 
-import torch
-
 from rslavis.common.checkpoint import atomic_write_json
-from rslavis.common.dist_utils import is_main_process
-from rslavis.common.logger import progress
+from rslavis.common.errors import ConfigError
 from rslavis.common.prompts import strip_prompt
 from rslavis.common.registry import registry
-from rslavis.tasks.base_task import BaseTask
+from rslavis.tasks.generation import GenerativeTask
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +22,7 @@ def output_prompt(splits):
 
 
 @registry.register_task("captioning")
-class CaptionTask(BaseTask):
+class CaptionTask(GenerativeTask):
     """``agg_metrics`` = CIDEr + Bleu_4, as LAVIS's caption task uses for model selection.
 
     ``run.eval_rewards: [name, ...]`` also reports the mean of each registered reward
@@ -40,26 +37,14 @@ class CaptionTask(BaseTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         run = cfg.run
-        self.max_len = run.get("max_len") or 30
-        self.min_len = run.get("min_len") or 1
-        self.num_beams = run.get("num_beams") or 1
-        self.repetition_penalty = run.get("repetition_penalty") or 1.0
-        self.length_penalty = run.get("length_penalty") or 1.0
         self.report_metric = run.get("report_metric", True)
         if run.get("prompt"):
-            from rslavis.common.errors import ConfigError
-
             raise ConfigError(f"run.prompt ({run.prompt!r}) is read by the vqa task only; for captions set model.prompt (the instruction) or the text_processor's prompt.")
         self.skip_metrics = {str(m).upper() for m in (run.get("skip_metrics") or [])}
         self.eval_rewards = {name: registry.get_reward_class(name).from_config({}) for name in (run.get("eval_rewards") or [])}
         method = str(run.get("inference_method") or "generate")
         if method not in ("generate", "best_of_n"):
-            from rslavis.common.errors import ConfigError
-
             raise ConfigError(f"run.inference_method: {method!r} is unknown for captioning; valid: generate, best_of_n.")
-        from rslavis.tasks.best_of_n import from_run
-
-        self.best_of_n = from_run(run, "caption")
 
     def state_dict(self):
         state = {f"eval_reward/{n}": r.state_dict() for n, r in self.eval_rewards.items() if r.state_dict()}
@@ -82,30 +67,11 @@ class CaptionTask(BaseTask):
                 ds.output_prompt = prompt
         return datasets
 
-    def generation_kwargs(self):
-        return dict(
-            max_len=self.max_len,
-            min_len=self.min_len,
-            num_beams=self.num_beams,
-            repetition_penalty=self.repetition_penalty,
-            length_penalty=self.length_penalty,
-        )
+    def eval_step(self, model, samples):
+        return self.decode(model, samples)
 
-    @torch.no_grad()
-    def evaluation(self, model, data_loader, split):
-        model.eval()
-        results = []
-        if self.best_of_n is not None:
-            self.best_of_n.start()
-        for samples in progress(data_loader, desc=f"eval {split}", disable=not is_main_process()):
-            if not samples:
-                continue
-            if self.best_of_n is not None:
-                captions = self.best_of_n.select(model, samples, self.generation_kwargs())
-            else:
-                captions = model.generate(samples, **self.generation_kwargs())
-            results.extend({"image_id": i, "caption": c} for i, c in zip(samples["image_id"], captions))
-        return results
+    def records(self, samples, captions):
+        return [{"image_id": i, "caption": c} for i, c in zip(samples["image_id"], captions)]
 
     def after_evaluation(self, results, split, epoch, dataset, result_dir):
         prompt = getattr(dataset, "output_prompt", "")

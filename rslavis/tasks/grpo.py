@@ -44,7 +44,7 @@ import torch
 
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
-from rslavis.tasks.scst import SCSTTask, _unwrap
+from rslavis.tasks.scst import SCSTTask, _unwrap, call_through_ddp as _call
 
 logger = logging.getLogger(__name__)
 
@@ -129,18 +129,6 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs=None, beta=
     return loss, stats
 
 
-def _call(model, method, *args, **kwargs):
-    """``model.<method>``; under DDP through the wrapper's forward so gradients are all-reduced."""
-    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return getattr(model, method)(*args, **kwargs)
-    inner = model.module
-    inner.forward = getattr(inner, method)  # instance attribute shadows the class's forward for this call
-    try:
-        return model(*args, **kwargs)
-    finally:
-        del inner.forward
-
-
 @registry.register_task("grpo")
 class GRPOTask(SCSTTask):
     """GRPO (see module docstring)."""
@@ -162,24 +150,18 @@ class GRPOTask(SCSTTask):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        run = cfg.run
-
-        def get(key, default):
-            value = run.get(key)
-            return default if value is None else value
-
-        self.start_epoch = int(get("grpo_start_epoch", 0))
-        self.group_size = int(get("grpo_group_size", 4))
-        self.temperature = float(get("grpo_temperature", 1.0))
-        self.sample_max_len = int(get("grpo_max_len", self.max_len))
-        self.sample_min_len = int(get("grpo_min_len", 0))
-        self.mu = int(get("grpo_mu", 1))
-        self.epsilon_low = float(get("grpo_epsilon", 0.2))
-        self.epsilon_high = float(get("grpo_epsilon_high", self.epsilon_low))
-        self.beta = float(get("grpo_beta", 0.0))
-        scale = get("grpo_scale_rewards", "group")
+        self.start_epoch = int(self.run_value("grpo_start_epoch", 0))
+        self.group_size = int(self.run_value("grpo_group_size", 4))
+        self.temperature = float(self.run_value("grpo_temperature", 1.0))
+        self.sample_max_len = int(self.run_value("grpo_max_len", self.generation["max_len"]))
+        self.sample_min_len = int(self.run_value("grpo_min_len", 0))
+        self.mu = int(self.run_value("grpo_mu", 1))
+        self.epsilon_low = float(self.run_value("grpo_epsilon", 0.2))
+        self.epsilon_high = float(self.run_value("grpo_epsilon_high", self.epsilon_low))
+        self.beta = float(self.run_value("grpo_beta", 0.0))
+        scale = self.run_value("grpo_scale_rewards", "group")
         self.scale_rewards = {True: "group", False: "none"}.get(scale, scale) if isinstance(scale, bool) else str(scale)
-        self.loss_agg = str(get("grpo_loss_agg", "sequence"))
+        self.loss_agg = str(self.run_value("grpo_loss_agg", "sequence"))
         checks = [
             (self.group_size >= 2, f"run.grpo_group_size {self.group_size} must be >= 2 (advantages are relative to the group)."),
             (self.mu >= 1, f"run.grpo_mu {self.mu} must be >= 1."),

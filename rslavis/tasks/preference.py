@@ -26,9 +26,7 @@ from pathlib import Path
 import torch
 
 from rslavis.common.checkpoint import atomic_write_json
-from rslavis.common.dist_utils import is_main_process
 from rslavis.common.errors import ConfigError
-from rslavis.common.logger import progress
 from rslavis.common.registry import registry
 from rslavis.models.preference_losses import (  # noqa: F401  (re-exported: the task's losses)
     LIST_LOSSES,
@@ -59,30 +57,27 @@ class PreferenceTask(BaseTask):
         inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         return preference_loss(inner, samples, self.list_loss, self.score_reg)
 
-    @torch.no_grad()
-    def evaluation(self, model, data_loader, split):
-        model.eval()
-        results = []
-        for samples in progress(data_loader, desc=f"eval {split}", disable=not is_main_process()):
-            if not samples:
-                continue
-            for i, s in enumerate(flat_scores(model, samples)):
-                ranks = samples["ranks"][i]
-                c, n, m = pair_agreement(s, ranks)
-                best = min(range(len(ranks)), key=lambda k: ranks[k])
-                results.append({
-                    # the runner de-duplicates gathered results by question_id, else image_id: the item id goes there
-                    "question_id": samples["pair_id"][i],
-                    "image_id": samples["image_id"][i],
-                    "category": samples["corruption"][i],
-                    "scores": [round(float(x), 5) for x in s],
-                    "ranks": list(ranks),
-                    "correct": c,
-                    "pairs": n,
-                    "margin": m,
-                    "top1": bool(int(torch.argmax(s)) == best),
-                })
-        return results
+    def eval_step(self, model, samples):
+        return flat_scores(model, samples)
+
+    def records(self, samples, scores):
+        out = []
+        for i, s in enumerate(scores):
+            ranks = samples["ranks"][i]
+            c, n, m = pair_agreement(s, ranks)
+            best = min(range(len(ranks)), key=lambda k: ranks[k])
+            out.append({
+                "question_id": samples["pair_id"][i],  # the record id across ranks (see BaseTask.record_id)
+                "image_id": samples["image_id"][i],
+                "category": samples["corruption"][i],
+                "scores": [round(float(x), 5) for x in s],
+                "ranks": list(ranks),
+                "correct": c,
+                "pairs": n,
+                "margin": m,
+                "top1": bool(int(torch.argmax(s)) == best),
+            })
+        return out
 
     def after_evaluation(self, results, split, epoch, dataset, result_dir):
         atomic_write_json(results, Path(result_dir) / f"{split}_epoch{epoch}.json")

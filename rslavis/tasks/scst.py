@@ -40,8 +40,6 @@ reward is not finite) and logs their number per step as ``scst/nonfinite_skipped
 """
 
 import logging
-from pathlib import Path
-
 import torch
 
 from rslavis.common.errors import ConfigError, RegistryKeyError
@@ -63,27 +61,20 @@ def _unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def _call_sample(model, samples, **kwargs):
-    """``model.sample``; under DDP/FSDP it goes through the wrapper's forward so gradients are all-reduced
-    (DDP) and sharded parameters are gathered (FSDP's hooks run on forward)."""
+def call_through_ddp(model, method, *args, **kwargs):
+    """``model.<method>(...)``; under DDP/FSDP through the wrapper's forward so gradients are
+    all-reduced (DDP) and sharded parameters are gathered (FSDP's hooks run on forward)."""
     from torch.distributed.fsdp import FSDPModule
 
     fsdp = isinstance(model, FSDPModule)
     if not fsdp and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model.sample(samples, **kwargs)
+        return getattr(model, method)(*args, **kwargs)
     inner = model if fsdp else model.module
-    inner.forward = inner.sample  # instance attribute shadows the class's forward for this call
+    inner.forward = getattr(inner, method)  # instance attribute shadows the class's forward for this call
     try:
-        return model(samples, **kwargs)
+        return model(*args, **kwargs)
     finally:
         del inner.forward
-
-
-def load_finetuned(model, path):
-    """Load weights of a runner checkpoint (``.pth``/``.safetensors``) into ``model``; errors name ``model.finetuned``."""
-    from rslavis.common.checkpoint import load_checkpoint, load_model_state
-
-    return load_model_state(model, load_checkpoint(path), f"model.finetuned {path}")
 
 
 @registry.register_task("scst")
@@ -105,17 +96,12 @@ class SCSTTask(CaptionTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         run = cfg.run
-
-        def get(key, default):
-            value = run.get(key)
-            return default if value is None else value
-
-        self.start_epoch = int(get("scst_start_epoch", 0))
-        self.num_samples = int(get("scst_num_samples", 5))
-        self.temperature = float(get("scst_temperature", 1.0))
-        self.baseline = str(get("scst_baseline", "greedy"))
-        self.sample_max_len = int(get("scst_max_len", self.max_len))
-        self.sample_min_len = int(get("scst_min_len", 0))
+        self.start_epoch = int(self.run_value("scst_start_epoch", 0))
+        self.num_samples = int(self.run_value("scst_num_samples", 5))
+        self.temperature = float(self.run_value("scst_temperature", 1.0))
+        self.baseline = str(self.run_value("scst_baseline", "greedy"))
+        self.sample_max_len = int(self.run_value("scst_max_len", self.generation["max_len"]))
+        self.sample_min_len = int(self.run_value("scst_min_len", 0))
         self.reward_parser = run.get("scst_reward_parser")
         if self.reward_parser is not None and not isinstance(self.reward_parser, str):
             from omegaconf import OmegaConf
@@ -135,7 +121,7 @@ class SCSTTask(CaptionTask):
         self.rewards_cfg = self._rewards_mapping(run.get("rewards"))
         from rslavis.rewards.combine import NONFINITE
 
-        self.nonfinite = str(get("nonfinite_rewards", "error"))
+        self.nonfinite = str(self.run_value("nonfinite_rewards", "error"))
         if self.nonfinite not in NONFINITE:
             raise ConfigError(f"run.nonfinite_rewards {self.nonfinite!r} is invalid; valid: {', '.join(NONFINITE)}.")
         self.corpus = None
@@ -171,27 +157,6 @@ class SCSTTask(CaptionTask):
                     corpus.extend(ds.references().values())
         self.corpus = corpus or None
         return datasets
-
-    def build_model(self, cfg):
-        """The configured model; with ``model.finetuned`` its weights come from that checkpoint."""
-        path = cfg.model.get("finetuned")
-        if not path:
-            return super().build_model(cfg)
-        path = Path(str(path))
-        model_cls = registry.get_model_class(cfg.model.arch)
-        if path.is_dir():
-            if not hasattr(model_cls, "from_pretrained"):
-                raise ConfigError(f"model.finetuned {path}: a directory, but {model_cls.__name__} has no from_pretrained; give a checkpoint file.")
-            return model_cls.from_pretrained(path)
-        if not path.is_file():
-            raise ConfigError(f"model.finetuned {path}: no such checkpoint file or save_pretrained directory.")
-        tok_dir = path.parent / "tokenizer"
-        if "tokenizer_path" in cfg.model and not cfg.model.get("tokenizer_path") and tok_dir.is_dir():
-            cfg.model.tokenizer_path = str(tok_dir)  # the runner saves the fitted tokenizer beside its checkpoints
-        model = super().build_model(cfg)
-        load_finetuned(model, path)
-        logger.info("model.finetuned: loaded %s", path)
-        return model
 
     @property
     def reward(self):
@@ -259,7 +224,7 @@ class SCSTTask(CaptionTask):
         reward = self.reward
         refs = samples["references"]
         t0 = time.perf_counter()
-        out = _call_sample(model, samples, n=n, temperature=self.temperature, max_len=self.sample_max_len,
+        out = call_through_ddp(model, "sample", samples, n=n, temperature=self.temperature, max_len=self.sample_max_len,
                            min_len=self.sample_min_len, return_logits=True)
         greedy = self.greedy_captions(model, samples) if self.baseline == "greedy" else None
         t1 = time.perf_counter()

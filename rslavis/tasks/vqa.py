@@ -21,14 +21,10 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from rslavis.common.checkpoint import atomic_write_json
-from rslavis.common.dist_utils import is_main_process
 from rslavis.common.errors import ConfigError
-from rslavis.common.logger import progress
 from rslavis.common.registry import registry
-from rslavis.tasks.base_task import BaseTask
+from rslavis.tasks.generation import GenerativeTask
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +53,10 @@ def read_answer_list(value, option="run.answer_list"):
 
 
 @registry.register_task("vqa")
-class VQATask(BaseTask):
+class VQATask(GenerativeTask):
     RUN_KEYS = {"inference_method": str, "answer_list": object, "rank_chunk": int, "best_of_n": object}
+    DEFAULT_MAX_LEN = 10
+    BEST_OF_N_KIND = "vqa"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -66,11 +64,6 @@ class VQATask(BaseTask):
         self.inference_method = str(run.get("inference_method") or "generate")
         if self.inference_method not in INFERENCE_METHODS:
             raise ConfigError(f"run.inference_method: {self.inference_method!r} is unknown; valid: {', '.join(INFERENCE_METHODS)}.")
-        self.max_len = run.get("max_len") or 10
-        self.min_len = run.get("min_len") or 1
-        self.num_beams = run.get("num_beams") or 1
-        self.repetition_penalty = run.get("repetition_penalty") or 1.0
-        self.length_penalty = run.get("length_penalty") or 1.0
         self.rank_chunk = int(run.get("rank_chunk") or 64)
         # LAVIS's run.prompt ("Question: {} Short answer:") wraps each question at inference
         self.prompt = run.get("prompt") or ""
@@ -82,9 +75,6 @@ class VQATask(BaseTask):
 
             answer_list = OmegaConf.to_container(answer_list) if OmegaConf.is_config(answer_list) else list(answer_list)
         self.candidates = read_answer_list(answer_list) if answer_list is not None else None
-        from rslavis.tasks.best_of_n import from_run
-
-        self.best_of_n = from_run(run, "vqa")
 
     def build_datasets(self, cfg):
         datasets = super().build_datasets(cfg)
@@ -100,47 +90,26 @@ class VQATask(BaseTask):
             logger.info("ranking over %d candidate answers from the training splits", len(self.candidates))
         return datasets
 
-    def generation_kwargs(self):
-        return dict(
-            max_len=self.max_len,
-            min_len=self.min_len,
-            num_beams=self.num_beams,
-            repetition_penalty=self.repetition_penalty,
-            length_penalty=self.length_penalty,
-        )
-
-    def answer(self, model, samples):
+    def eval_step(self, model, samples):
         if self.prompt and "text_input" in samples:
             samples = dict(samples, text_input=[self.prompt.format(t) for t in samples["text_input"]])
         if self.inference_method == "rank":
             if not hasattr(model, "rank_answers"):
                 raise ConfigError(f"run.inference_method rank: {type(model).__name__} has no rank_answers(); use generate.")
             return model.rank_answers(samples, self.candidates, chunk=self.rank_chunk)
-        if self.best_of_n is not None:
-            return self.best_of_n.select(model, samples, self.generation_kwargs())
-        return model.generate(samples, **self.generation_kwargs())
+        return self.decode(model, samples)
 
-    @torch.no_grad()
-    def evaluation(self, model, data_loader, split):
-        model.eval()
-        results = []
-        if self.best_of_n is not None:
-            self.best_of_n.start()
-        for samples in progress(data_loader, desc=f"eval {split}", disable=not is_main_process()):
-            if not samples:
-                continue
-            answers = self.answer(model, samples)
-            for i, a in enumerate(answers):
-                results.append(
-                    {
-                        "question_id": samples["question_id"][i],
-                        "image_id": samples["image_id"][i],
-                        "question": samples["question"][i] if "question" in samples else None,
-                        "answer": a,
-                        "question_type": samples["question_type"][i] if "question_type" in samples else "",
-                    }
-                )
-        return results
+    def records(self, samples, answers):
+        return [
+            {
+                "question_id": samples["question_id"][i],
+                "image_id": samples["image_id"][i],
+                "question": samples["question"][i] if "question" in samples else None,
+                "answer": a,
+                "question_type": samples["question_type"][i] if "question_type" in samples else "",
+            }
+            for i, a in enumerate(answers)
+        ]
 
     def after_evaluation(self, results, split, epoch, dataset, result_dir):
         from rslavis.metrics.vqa import vqa_accuracy

@@ -76,6 +76,10 @@ class ImageRecordDataset(Dataset):
         seen = dict.fromkeys(r["image"] for r in self.records)
         return list(seen)
 
+    def read_image(self, path):
+        """The image at ``path`` decoded with this dataset's image options (a DataError when unreadable)."""
+        return load_image(path, **self.image_options)
+
     def use_features(self, array, paths):
         """Serve ``image_features`` rows of ``array`` (row i = ``paths[i]``) instead of decoding images."""
         self.features = (array, {p: i for i, p in enumerate(paths)})

@@ -10,7 +10,9 @@ training text plus the family's special tokens, and a processor of the family's 
 whose chat template (written here) follows the layout of the family's released template.
 """
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from rslavis.common.errors import ConfigError
@@ -142,16 +144,21 @@ def _qwen_processor(version):
 
 
 # ---------------------------------------------------------------------------- LLaVA
+def _vision_kwargs(v):
+    """ViT sizes of a tiny vision tower (CLIP / SigLIP-style configs) from the ``vision`` section."""
+    vh = int(v.get("hidden_size", 32))
+    return dict(
+        hidden_size=vh, intermediate_size=int(v.get("intermediate_size", 2 * vh)), num_hidden_layers=int(v.get("num_layers", 1)),
+        num_attention_heads=int(v.get("num_heads", 2)), image_size=int(v.get("image_size", 32)), patch_size=int(v.get("patch_size", 8)),
+    )
+
+
 def _llava_config(cfg, tok, eos_id):
     from transformers import CLIPVisionConfig, LlavaConfig
 
     v, l = _sizes(cfg, "vision"), _sizes(cfg, "llm")
-    vh = int(v.get("hidden_size", 32))
-    vision = CLIPVisionConfig(
-        hidden_size=vh, intermediate_size=int(v.get("intermediate_size", 2 * vh)), num_hidden_layers=int(v.get("num_layers", 1)),
-        num_attention_heads=int(v.get("num_heads", 2)), image_size=int(v.get("image_size", 32)), patch_size=int(v.get("patch_size", 8)),
-        projection_dim=vh,
-    )
+    vision = _vision_kwargs(v)
+    vision = CLIPVisionConfig(**vision, projection_dim=vision["hidden_size"])
     size, patch = int(v.get("image_size", 32)), int(v.get("patch_size", 8))
     return LlavaConfig(
         vision_config=vision.to_dict(), text_config=dict(_text_kwargs(l, tok, eos_id), model_type="llama"),
@@ -180,11 +187,7 @@ def _idefics3_config(cfg, tok, eos_id):
     from transformers import Idefics3Config
 
     v, l = _sizes(cfg, "vision"), _sizes(cfg, "llm")
-    vh = int(v.get("hidden_size", 32))
-    vision = dict(
-        hidden_size=vh, intermediate_size=int(v.get("intermediate_size", 2 * vh)), num_hidden_layers=int(v.get("num_layers", 1)),
-        num_attention_heads=int(v.get("num_heads", 2)), image_size=int(v.get("image_size", 32)), patch_size=int(v.get("patch_size", 8)),
-    )
+    vision = _vision_kwargs(v)
     text = dict(_text_kwargs(l, tok, eos_id), model_type="llama")
     return Idefics3Config(vision_config=vision, text_config=text, image_token_id=_tok_id(tok, "<image>"), scale_factor=2, pad_token_id=tok.pad_token_id)
 
@@ -272,3 +275,34 @@ def family_of_model_type(model_type, source):
             return fam
     known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
     raise ConfigError(f"{source}: config.json model_type {model_type!r} is not supported by hf_vlm; supported: {known} (or set model.family).")
+
+
+# ---------------------------------------------------------------------------- local files
+def _read_model_type(path, option):
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{option}: {path} has no config.json (a local Hugging Face model directory is expected).")
+    try:
+        return json.loads(cfg_file.read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option}: {cfg_file} is not valid JSON ({exc}).") from None
+
+
+def fitted_tokenizer(texts, family, vocab_size=2000):
+    """Word-level tokenizer on ``texts`` plus the family's special tokens (added, never split)."""
+    from tokenizers import AddedToken
+
+    from rslavis.models.tokenization import train_caption_tokenizer
+
+    tok = train_caption_tokenizer(list(texts) + list(family.template_words), vocab_size=vocab_size)
+    tok.add_tokens([AddedToken(t, normalized=False, special=True) for t in family.special_tokens], special_tokens=True)
+    return tok
+
+
+def load_processor(directory, option):
+    p = Path(str(directory)).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"{option}: processor directory not found: {p} (written by save_pretrained of a processor).")
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(p), local_files_only=True)

@@ -25,52 +25,26 @@ which the tests check by greedy sampling equal to greedy generation.
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel, SampleOutput
-from rslavis.models.hf_vlm.families import family_of_model_type, get_family
+from rslavis.models.hf_vlm.families import (  # noqa: F401  (fitted_tokenizer re-exported)
+    _read_model_type,
+    family_of_model_type,
+    fitted_tokenizer,
+    get_family,
+    load_processor,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "Describe the image briefly."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROCESSOR_DIR = "tokenizer"  # the runner's/SCST's name for the fitted text files beside checkpoints
-
-
-def _read_model_type(path, option):
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        raise ConfigError(f"{option}: {path} has no config.json (a local Hugging Face model directory is expected).")
-    try:
-        return json.loads(cfg_file.read_text()).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{option}: {cfg_file} is not valid JSON ({exc}).") from None
-
-
-def fitted_tokenizer(texts, family, vocab_size=2000):
-    """Word-level tokenizer on ``texts`` plus the family's special tokens (added, never split)."""
-    from tokenizers import AddedToken
-
-    from rslavis.models.tokenization import train_caption_tokenizer
-
-    tok = train_caption_tokenizer(list(texts) + list(family.template_words), vocab_size=vocab_size)
-    tok.add_tokens([AddedToken(t, normalized=False, special=True) for t in family.special_tokens], special_tokens=True)
-    return tok
-
-
-def load_processor(directory, option):
-    p = Path(str(directory)).expanduser()
-    if not p.is_dir():
-        raise ConfigError(f"{option}: processor directory not found: {p} (written by save_pretrained of a processor).")
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(str(p), local_files_only=True)
 
 
 @registry.register_model("hf_vlm")
@@ -90,9 +64,7 @@ class HFVLM(BaseModel):
     DEFAULT_MODEL_TYPE = "local"  # `arch: hf_vlm` + `pretrained: DIR` is a whole model section
 
     def __init__(self, cfg, processor=None, hf_config=None):
-        super().__init__()
-        self.cfg = dict(to_plain(cfg) or {})
-        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        super().__init__(cfg, lazy=True)
         self.model = None
         self.processor = None
         self.prompt = self.cfg.get("prompt") or DEFAULT_PROMPT
@@ -355,14 +327,13 @@ class HFVLM(BaseModel):
         """Each image's prompt inputs ``n`` times, image-major (pixel rows follow their images)."""
         if n == 1:
             return inputs
-        b = inputs["input_ids"].shape[0]
         out = {}
         for k, v in inputs.items():
             if not isinstance(v, torch.Tensor):
                 out[k] = v
             elif k == "pixel_values" and self.family.uses_mrope:  # Qwen: patches of all images, concatenated
-                per = v.shape[0] // b
-                out[k] = v.view(b, per, *v.shape[1:]).repeat_interleave(n, 0).reshape(-1, *v.shape[1:])
+                counts = inputs["image_grid_thw"].prod(-1).tolist()
+                out[k] = torch.cat([part for part in v.split(counts) for _ in range(n)])
             else:
                 out[k] = v.repeat_interleave(n, 0)
         return out
@@ -385,21 +356,19 @@ class HFVLM(BaseModel):
 
     def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
         """``n`` answers per image (rows image-major), :class:`SampleOutput` conventions (see
-        :mod:`rslavis.models.sampling`): drawn by ``generate`` from the full distribution at
+        :mod:`rslavis.models.decoding`): drawn by ``generate`` from the full distribution at
         ``temperature`` (``greedy``: argmax), re-scored with grad by :meth:`token_logprobs`."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}; use greedy=True for argmax decoding.")
         inputs = self.repeat_inputs(self.prompt_inputs(samples), n)
         width = inputs["input_ids"].shape[1]
         tok = self.tokenizer
-        was_training = self.model.training
         sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
         with torch.no_grad():
             gen = self.model.generate(
                 **inputs, max_new_tokens=int(max_len), min_new_tokens=int(min_len), num_beams=1, repetition_penalty=1.0,
                 eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress_ids, **sampling,
             )
-        self.model.train(was_training)
         tokens = gen[:, width:]
         mask = self.completion_mask(tokens)
         tokens = tokens.masked_fill(mask == 0, tok.pad_token_id)
@@ -411,36 +380,26 @@ class HFVLM(BaseModel):
         return self.repeat_inputs(self.prompt_inputs(samples), n)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory):
-        """``config.json`` (rslavis config), ``hf_config.json``, ``model.safetensors``, ``tokenizer/`` (processor)."""
-        from safetensors.torch import save_model
+    # (BaseModel.save_pretrained writes config.json, hf_config.json, tokenizer/ (the processor), model.safetensors)
+    LOCAL_PATH_KEYS = ("tokenizer_path", "pretrained")  # the saved folder is self-contained
+    SAVED_FILES = ("config.json", "hf_config.json")
 
-        from rslavis.common.checkpoint import atomic_write_json
-
+    def check_built(self):
         self._require_model()
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = dict(self.cfg, tokenizer_path=None, pretrained=None, family=self.family.name)  # the directory is self-contained
-        atomic_write_json({"arch": "hf_vlm", **cfg}, d / "config.json", indent=2)
-        (d / "hf_config.json").write_text(self.model.config.to_json_string())
-        self.processor.save_pretrained(str(d / PROCESSOR_DIR))
-        tmp = d / ".model.safetensors.tmp"
-        save_model(self, str(tmp))
-        os.replace(tmp, d / "model.safetensors")
+
+    def portable_config(self):
+        return dict(super().portable_config(), family=self.family.name)
+
+    def hf_config_to_save(self):
+        return self.model.config
+
+    def save_tokenizers(self, directory):
+        self.processor.save_pretrained(str(directory))
 
     @classmethod
-    def from_pretrained(cls, directory):
-        d = Path(directory)
-        if not (d / "config.json").is_file() or not (d / "hf_config.json").is_file():
-            raise ConfigError(f"{d}: not a saved hf_vlm model (config.json/hf_config.json missing); write one with save_pretrained.")
-        from safetensors.torch import load_model
+    def saved_parts(cls, directory, cfg):
         from transformers import AutoConfig
 
-        cfg = json.loads((d / "config.json").read_text())
-        cfg.pop("arch", None)
-        processor = load_processor(d / PROCESSOR_DIR, str(d / PROCESSOR_DIR))
+        d = Path(directory)
         hf = json.loads((d / "hf_config.json").read_text())
-        hf_config = AutoConfig.for_model(**hf)
-        model = cls(cfg, processor=processor, hf_config=hf_config)
-        load_model(model, str(d / "model.safetensors"))
-        return model
+        return {"processor": load_processor(d / PROCESSOR_DIR, str(d / PROCESSOR_DIR)), "hf_config": AutoConfig.for_model(**hf)}

@@ -24,159 +24,36 @@ Sample keys: ``image``, ``text_input`` (instruction; ``model.prompt`` when empty
 ``text_output`` (target, training).
 """
 
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
-from rslavis.models.base_model import BaseModel
-from rslavis.models.encoders import local_path
 from rslavis.models.lavis_keys import LAVIS_MODEL_KEYS
-from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
+from rslavis.models.instructblip.parts import (  # noqa: F401  (re-exported for callers of the first version)
+    DEFAULT_PROMPT,
+    IMAGE_TOKEN,
+    PRETRAINED_HINT,
+    QFORMER_TOKENIZER_DIR,
+    TINY_LLM,
+    InstructBlipBase,
+    add_image_token,
+    dataset_texts,
+    load_tokenizers,
+    pad_rows,
+    save_tokenizer_pair,
+    saved_instructblip_parts,
+    tiny_hf_config,
+)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
-QFORMER_TOKENIZER_DIR = "qformer_tokenizer"  # the subfolder name InstructBlipProcessor uses
-TINY_LLM = {"tiny_t5": "t5", "tiny_opt": "opt"}
-DEFAULT_PROMPT = "Describe the image briefly."
-PRETRAINED_HINT = {
-    "flant5xl": "Salesforce/instructblip-flan-t5-xl",
-    "vicuna7b": "Salesforce/instructblip-vicuna-7b",
-    "flant5xxl": "Salesforce/instructblip-flan-t5-xxl",
-    "vicuna13b": "Salesforce/instructblip-vicuna-13b",
-}
-
-
-
-def _section(cfg, key):
-    return dict(cfg.get(key) or {})
-
-
-def tiny_hf_config(cfg, tokenizer, qformer_tokenizer, image_token_id):
-    """An ``InstructBlipConfig`` from the ``vision``/``qformer``/``llm`` sections of a tiny model type."""
-    from transformers import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig, OPTConfig, T5Config
-
-    v, q, l = _section(cfg, "vision"), _section(cfg, "qformer"), _section(cfg, "llm")
-    llm_type = l.get("type") or TINY_LLM.get(cfg.get("model_type"), "opt")
-    dropout = float(l.get("dropout", 0.1))
-    vision = InstructBlipVisionConfig(
-        hidden_size=v.get("hidden_size", 64),
-        intermediate_size=v.get("intermediate_size", 128),
-        num_hidden_layers=v.get("num_layers", 2),
-        num_attention_heads=v.get("num_heads", 4),
-        image_size=int(cfg.get("image_size") or v.get("image_size", 64)),  # LAVIS's model.image_size wins
-        patch_size=v.get("patch_size", 8),
-    )
-    qformer = InstructBlipQFormerConfig(
-        vocab_size=len(qformer_tokenizer),
-        hidden_size=q.get("hidden_size", 64),
-        num_hidden_layers=q.get("num_layers", 2),
-        num_attention_heads=q.get("num_heads", 4),
-        intermediate_size=q.get("intermediate_size", 128),
-        cross_attention_frequency=q.get("cross_attention_frequency", 1),
-        max_position_embeddings=q.get("max_position_embeddings", 64),
-        pad_token_id=qformer_tokenizer.pad_token_id,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    hidden = l.get("hidden_size", 64)
-    heads = l.get("num_heads", 4)
-    if llm_type == "t5":
-        text = T5Config(
-            vocab_size=len(tokenizer),
-            d_model=hidden,
-            d_kv=hidden // heads,
-            d_ff=l.get("ffn_dim", 128),
-            num_layers=l.get("num_layers", 2),
-            num_decoder_layers=l.get("num_layers", 2),
-            num_heads=heads,
-            relative_attention_num_buckets=8,
-            dropout_rate=dropout,
-            feed_forward_proj="gated-gelu",  # Flan-T5's feed-forward
-            tie_word_embeddings=True,  # scales decoder output by d_model**-0.5: sane logits at random init
-            decoder_start_token_id=tokenizer.pad_token_id,
-            **special,
-        )
-    elif llm_type == "opt":
-        text = OPTConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            ffn_dim=l.get("ffn_dim", 128),
-            num_hidden_layers=l.get("num_layers", 2),
-            num_attention_heads=heads,
-            word_embed_proj_dim=hidden,
-            max_position_embeddings=l.get("max_position_embeddings", 128),
-            dropout=dropout,
-            attention_dropout=dropout,
-            **special,
-        )
-    else:
-        raise ConfigError(f"model.llm.type: {llm_type!r} is unknown for a tiny InstructBLIP; valid: t5, opt.")
-    return InstructBlipConfig(
-        vision_config=vision.to_dict(),
-        qformer_config=qformer.to_dict(),
-        text_config=text.to_dict(),
-        num_query_tokens=int(cfg.get("num_query_tokens", 8)),
-        image_token_index=image_token_id,
-    )
-
-
-def add_image_token(tokenizer):
-    """Id of the image placeholder token, added to ``tokenizer`` as a special token when missing."""
-    from tokenizers import AddedToken
-
-    token = getattr(tokenizer, "image_token", None) or IMAGE_TOKEN
-    if token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(token, normalized=False, special=True)], special_tokens=True)
-    return tokenizer.convert_tokens_to_ids(token)
-
-
-def load_tokenizers(directory, option):
-    """``(llm_tokenizer, qformer_tokenizer)`` from ``directory`` and ``directory/qformer_tokenizer``."""
-    d = Path(local_path(directory, option, want_dir=True))
-    qdir = d / QFORMER_TOKENIZER_DIR
-    if not qdir.is_dir():
-        raise ConfigError(f"{option}: {d} has no {QFORMER_TOKENIZER_DIR}/ folder (the Q-Former's tokenizer, as InstructBlipProcessor saves it).")
-    from transformers import AutoTokenizer
-
-    llm_tok = load_tokenizer(d, option=option)
-    # the Q-Former's BERT tokenizer has no BOS/EOS; only a pad token is needed, so no token is added
-    q_tok = AutoTokenizer.from_pretrained(str(qdir), local_files_only=True)
-    if q_tok.pad_token is None:
-        raise ConfigError(f"{option}: the Q-Former tokenizer in {qdir} has no pad token.")
-    return llm_tok, q_tok
-
-
-def dataset_texts(datasets):
-    """``(targets, instructions)`` of the training splits, read from records (no image is decoded)."""
-    targets, instructions = [], set()
-    for splits in datasets.values():
-        ds = splits.get("train")
-        if ds is None:
-            continue
-        if hasattr(ds, "all_captions"):
-            targets.extend(ds.all_captions())
-        if getattr(ds, "prompt", ""):
-            instructions.add(ds.prompt)
-        process = getattr(ds, "text_processor", None) or (lambda s: s)
-        for r in getattr(ds, "records", ()):
-            if r.get("prompt"):
-                instructions.add(r["prompt"])
-            if r.get("question"):
-                instructions.add(process(r["question"]))
-    return targets, sorted(instructions)
-
 
 @registry.register_model("instructblip")
-class InstructBLIP(BaseModel):
+class InstructBLIP(InstructBlipBase):
     """InstructBLIP; config keys (see ``configs/models/instructblip/*.yaml``):
 
     ``pretrained`` (local InstructBLIP directory), ``tokenizer_path`` (LLM tokenizer with a
@@ -200,19 +77,11 @@ class InstructBLIP(BaseModel):
     KEY_ALIASES = {"num_query_token": "num_query_tokens"}  # LAVIS's spelling
     MODEL_KEYS = LAVIS_MODEL_KEYS
     ARCH = "instructblip"
+    LOCAL_PATH_KEYS = ("tokenizer_path", "pretrained")  # the saved folder is self-contained
 
     def __init__(self, cfg, tokenizer=None, qformer_tokenizer=None, hf_config=None):
-        super().__init__()
-        self.cfg = dict(to_plain(cfg) or {})
-        # parameters appear only once the tokenizers exist; this buffer tracks .to(device) until then
-        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        super().__init__(cfg)
         self.model = None
-        self.tokenizer = None
-        self.qformer_tokenizer = None
-        self.prompt = self.cfg.get("prompt") or DEFAULT_PROMPT
-        self.max_txt_len = int(self.cfg.get("max_txt_len", 64))
-        self.max_output_txt_len = int(self.cfg.get("max_output_txt_len", 40))
-        self.qformer_max_len = int(self.cfg.get("qformer_max_len", 64))
         from rslavis.models import lavis_keys
 
         lavis_keys.check_static(self.cfg, "instructblip")
@@ -233,8 +102,12 @@ class InstructBLIP(BaseModel):
         return not self.model.config.use_decoder_only_language_model
 
     @property
-    def num_query_tokens(self):
-        return int(self.model.config.num_query_tokens)
+    def instructblip_config(self):
+        return self.model.config
+
+    @property
+    def vision_model(self):
+        return self.model.vision_model
 
     # ------------------------------------------------------------------ building
     def _load_pretrained(self, pretrained, model_type, tokenizer, qformer_tokenizer):
@@ -323,55 +196,17 @@ class InstructBLIP(BaseModel):
         """Tiny types: fit both tokenizers on the training text, build the model, save the tokenizers."""
         if self.model is not None:
             return
-        targets, instructions = dataset_texts(datasets)
-        if not targets:
-            raise ConfigError("model.tokenizer_path is not set and no training texts were found to fit the tokenizers on.")
-        instructions = sorted(set(instructions) | {self.prompt})
-        vocab = int(self.cfg.get("tokenizer_vocab_size", 2000))
-        tok = train_caption_tokenizer(targets + instructions, vocab_size=vocab)
-        qtok = train_caption_tokenizer(instructions, vocab_size=vocab)
-        self._build(tok, qtok)
+        self._build(*self.fit_tokenizers(datasets))
         if output_dir is not None:
             from rslavis.common.dist_utils import is_main_process
 
             if is_main_process():
                 self.save_tokenizers(Path(output_dir) / "tokenizer")
-        logger.info("fitted tokenizers: LLM %d tokens (%d texts), Q-Former %d tokens", len(tok), len(targets) + len(instructions), len(qtok))
-
-    def save_tokenizers(self, directory):
-        d = Path(directory)
-        self.tokenizer.save_pretrained(str(d))
-        self.qformer_tokenizer.save_pretrained(str(d / QFORMER_TOKENIZER_DIR))
 
     # ------------------------------------------------------------------ inputs
     def _require_model(self):
         if self.model is None:
             raise RslavisError("instructblip: the model is not built yet (set model.tokenizer_path or call prepare_for_training).")
-
-    def _pixels(self, samples):
-        if "image" not in samples:
-            raise ConfigError("instructblip needs samples with 'image' (a feature cache's image_features cannot feed its ViT).")
-        image = samples["image"].to(self.device)
-        expected = int(self.model.config.vision_config.image_size)
-        if tuple(image.shape[-2:]) != (expected, expected):
-            raise ConfigError(
-                f"instructblip: images are {tuple(image.shape[-2:])} but the ViT expects {expected}x{expected}; "
-                f"set the dataset's vis_processor image_size to {expected} (or model.vision.image_size for tiny types)."
-            )
-        return image.to(self.model.dtype)
-
-    def instructions(self, samples, n):
-        prompts = samples.get("text_input")
-        if prompts is None:
-            return [self.prompt] * n
-        return [p if (p and str(p).strip()) else self.prompt for p in prompts]
-
-    def _ids(self, text, limit):
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"][:limit] if text else []
-
-    def qformer_inputs(self, prompts):
-        enc = self.qformer_tokenizer(list(prompts), padding="longest", truncation=True, max_length=self.qformer_max_len, return_tensors="pt")
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def llm_inputs(self, prompts, targets=None, padding_side="right"):
         """LLM ids with exactly ``num_query_tokens`` image tokens first.
@@ -397,12 +232,12 @@ class InstructBLIP(BaseModel):
                 rows.append(prefix + (t_ids or []))
                 if t_ids is not None:
                     labels.append([-100] * len(prefix) + t_ids)
-        out = dict(zip(("input_ids", "attention_mask"), _pad(rows, pad, padding_side)))
+        out = dict(zip(("input_ids", "attention_mask"), pad_rows(rows, pad, padding_side)))
         if targets is not None:
             if self.is_encoder_decoder:
-                out["labels"] = _pad(dec, -100, "right")[0]
+                out["labels"] = pad_rows(dec, -100, "right")[0]
             else:
-                out["labels"] = _pad(labels, -100, padding_side)[0]
+                out["labels"] = pad_rows(labels, -100, padding_side)[0]
         return {k: v.to(self.device) for k, v in out.items()}
 
     def check_image_tokens(self, input_ids):
@@ -430,9 +265,6 @@ class InstructBLIP(BaseModel):
         inputs = self.build_inputs(samples, targets=list(samples["text_output"]))
         out = self.model(**inputs)
         return {"loss": out.loss}
-
-    def _decode(self, ids):
-        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def _special_ids(self):
         tok = self.tokenizer
@@ -471,9 +303,6 @@ class InstructBLIP(BaseModel):
         mask = (input_ids == self.image_token_id).unsqueeze(-1)
         return embeds.masked_scatter(mask, features.to(embeds.dtype))
 
-    def _position_ids(self, attention_mask):
-        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
     def _lm_logits(self, features, input_ids, attention_mask, targets):
         """Teacher-forced logits predicting ``targets`` (B, T) after the prompt ``input_ids``."""
         lm = self.model.language_model
@@ -491,12 +320,12 @@ class InstructBLIP(BaseModel):
 
     def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
         """``n`` captions per image for SCST, sampled token by token with the LLM's KV cache through
-        :func:`rslavis.models.sampling.sample_tokens` (its conventions: ``softmax(logits /
+        :func:`rslavis.models.decoding.sample_tokens` (its conventions: ``softmax(logits /
         temperature)`` over the full vocabulary, mask up to and including EOS). Rows are
         image-major. Gradients reach ``logprobs``/``logits`` through the LLM, the projection
         and the Q-Former; dropout follows the module's train/eval mode.
         """
-        from rslavis.models.sampling import sample_tokens
+        from rslavis.models.decoding import sample_tokens
 
         inputs = self.build_inputs(samples, padding_side="left")
         features = self.image_features(inputs).repeat_interleave(n, 0)
@@ -533,76 +362,13 @@ class InstructBLIP(BaseModel):
         )
         return res.to_sample_output(self._decode(res.token_ids))
 
-    @torch.no_grad()
-    def rank_answers(self, samples, candidates, chunk=64):
-        """For each sample, the candidate with the highest summed log-probability (answer + EOS)."""
-        if not candidates:
-            raise ConfigError("instructblip.rank_answers: the candidate answer list is empty.")
+    def answer_context(self, samples):
         inputs = self.build_inputs(samples, padding_side="left")
         features = self.image_features(inputs)
-        tok = self.tokenizer
-        cand_ids = [self._ids(c, self.max_output_txt_len) + [tok.eos_token_id] for c in candidates]
-        b = features.shape[0]
-        scores = []
-        for start in range(0, len(candidates), chunk):
-            part = cand_ids[start : start + chunk]
-            c = len(part)
-            targets, tmask = _pad(part, tok.pad_token_id, "right")
-            targets, tmask = targets.to(self.device), tmask.to(self.device)
-            rep = lambda t: t.repeat_interleave(c, 0)  # noqa: E731  (row b*c + j: sample b, candidate j)
-            tgt = targets.repeat(b, 1)
-            logits = self._lm_logits(rep(features), rep(inputs["input_ids"]), rep(inputs["attention_mask"]), tgt)
-            logp = F.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            scores.append((logp * tmask.repeat(b, 1)).sum(1).view(b, c))
-        best = torch.cat(scores, 1).argmax(1).tolist()
-        return [candidates[i] for i in best]
+        return (inputs, features), features.shape[0]
 
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory):
-        """``config.json`` (rslavis config), ``hf_config.json``, ``model.safetensors``, ``tokenizer/``."""
-        from safetensors.torch import save_model
-
-        from rslavis.common.checkpoint import atomic_write_json
-
-        self._require_model()
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = dict(self.cfg, tokenizer_path=None, pretrained=None)  # the directory is self-contained
-        atomic_write_json({"arch": "instructblip", **cfg}, d / "config.json", indent=2)
-        (d / "hf_config.json").write_text(self.model.config.to_json_string())
-        self.save_tokenizers(d / "tokenizer")
-        tmp = d / ".model.safetensors.tmp"
-        save_model(self, str(tmp))
-        os.replace(tmp, d / "model.safetensors")
-
-    @classmethod
-    def from_pretrained(cls, directory):
-        d = Path(directory)
-        if not (d / "config.json").is_file() or not (d / "hf_config.json").is_file():
-            raise ConfigError(f"{d}: not a saved instructblip model (config.json/hf_config.json missing); write one with save_pretrained.")
-        from safetensors.torch import load_model
-        from transformers import InstructBlipConfig
-
-        cfg = json.loads((d / "config.json").read_text())
-        cfg.pop("arch", None)
-        tok, qtok = load_tokenizers(d / "tokenizer", option=str(d / "tokenizer"))
-        model = cls(cfg, tokenizer=tok, qformer_tokenizer=qtok, hf_config=InstructBlipConfig.from_json_file(str(d / "hf_config.json")))
-        load_model(model, str(d / "model.safetensors"))
-        return model
-
-
-def _pad(rows, value, side):
-    """``(ids, mask)`` long tensors of ``rows`` padded with ``value`` on ``side``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if not r:
-            continue
-        if side == "left":
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        else:
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-    return ids, mask
+    def candidate_logprobs(self, context, targets, target_mask, c):
+        inputs, features = context
+        rep = lambda t: t.repeat_interleave(c, 0)  # noqa: E731  (row b*c + j: sample b, candidate j)
+        logits = self._lm_logits(rep(features), rep(inputs["input_ids"]), rep(inputs["attention_mask"]), targets)
+        return F.log_softmax(logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -139,7 +139,6 @@ class SmallCapCausal(SmallCap):
         "remoteclip_vitb32_gpt2": "configs/models/smallcap_causal/remoteclip_vitb32_gpt2.yaml",
     }
     DEFAULT_MODEL_TYPE = "tiny"
-    ARCH = "smallcap_causal"
 
     def __init__(self, cfg, tokenizer=None):
         plain = dict(to_plain(cfg) or {})
@@ -393,17 +392,12 @@ class SmallCapCausal(SmallCap):
         return RSImageEvalProcessor(image_size=int(vcfg.get("image_size") or 224), mean=enc.mean, std=enc.std)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory):
-        """SmallCap's files, the arch name ``smallcap_causal`` and the datastore in ``retrieval/``."""
-        super().save_pretrained(directory)
-        d = Path(directory)
+    def save_extras(self, directory):
+        """The retrieval datastore in ``retrieval/`` (what generation searches for new images)."""
         if self.datastore is not None:
-            self.datastore.save(d / "retrieval")
+            self.datastore.save(Path(directory) / "retrieval")
 
-    @classmethod
-    def from_pretrained(cls, directory):
-        model = super().from_pretrained(directory)
+    def load_extras(self, directory):
         folder = Path(directory) / "retrieval"
-        if not model.disable_rag and folder.is_dir():
-            model.load_retrieval(folder)
-        return model
+        if not self.disable_rag and folder.is_dir():
+            self.load_retrieval(folder)

@@ -7,14 +7,12 @@ transformers ViT/CLIP or an open_clip model, tiny random or from local weights);
 supervised), ``text_output`` (target caption).
 """
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
@@ -81,13 +79,11 @@ def build_decoder(dcfg, vocab_size, tokenizer):
 
 @registry.register_model("smallcap")
 class SmallCap(BaseModel):
-    ARCH = "smallcap"  # registry name written by save_pretrained; subclasses override
     PRETRAINED_MODEL_CONFIG_DICT = {"tiny": "configs/models/smallcap/tiny.yaml"}
     DEFAULT_MODEL_TYPE = "tiny"
 
     def __init__(self, cfg, tokenizer=None):
-        super().__init__()
-        self.cfg = dict(to_plain(cfg) or {})
+        super().__init__(cfg)
         self.max_txt_len = int(self.cfg.get("max_txt_len", 40))
         vcfg = self.cfg.get("vision", {}) or {}
         self.visual_encoder = build_vision_encoder(vcfg)
@@ -228,11 +224,11 @@ class SmallCap(BaseModel):
         """``n`` captions per image sampled from the decoder (SCST), with per-token log-probs.
 
         Rows are image-major (image 0's ``n`` samples first). Runs the decoder one token at
-        a time with its KV cache through :func:`rslavis.models.sampling.sample_tokens`;
+        a time with its KV cache through :func:`rslavis.models.decoding.sample_tokens`;
         gradients flow into ``logprobs``/``logits`` (encoder included). Dropout follows
         the module's train/eval mode.
         """
-        from rslavis.models.sampling import sample_tokens
+        from rslavis.models.decoding import sample_tokens
 
         tok = self.tokenizer
         enc = self.encode_image(samples["image"]).repeat_interleave(n, 0)
@@ -255,35 +251,3 @@ class SmallCap(BaseModel):
                             min_len=min_len, return_logits=return_logits, greedy=greedy, generator=generator)
         captions = [c.strip() for c in tok.batch_decode(res.token_ids, skip_special_tokens=True)]
         return res.to_sample_output(captions)
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory):
-        """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` to ``directory``."""
-        import os
-
-        from safetensors.torch import save_model
-
-        from rslavis.common.checkpoint import atomic_write_json
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = dict(self.cfg)
-        cfg["tokenizer_path"] = None
-        atomic_write_json({"arch": self.ARCH, **cfg}, d / "config.json", indent=2)
-        self.tokenizer.save_pretrained(str(d / "tokenizer"))
-        tmp = d / ".model.safetensors.tmp"
-        save_model(self, str(tmp))  # handles GPT-2's tied input/output embeddings
-        os.replace(tmp, d / "model.safetensors")
-
-    @classmethod
-    def from_pretrained(cls, directory):
-        d = Path(directory)
-        if not (d / "config.json").is_file():
-            raise ConfigError(f"{d}: not a saved smallcap model (config.json missing); write one with save_pretrained.")
-        from safetensors.torch import load_model
-
-        cfg = json.loads((d / "config.json").read_text())
-        cfg.pop("arch", None)
-        model = cls(cfg, tokenizer=load_tokenizer(d / "tokenizer", option=str(d / "tokenizer")))
-        load_model(model, str(d / "model.safetensors"))
-        return model

@@ -1,0 +1,1 @@
+"""LAVIS compatibility tests (a package, so its conftest does not shadow tests/conftest.py)."""

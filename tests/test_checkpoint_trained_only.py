@@ -28,6 +28,7 @@ model:
   max_txt_len: 24
   max_output_txt_len: 16
   qformer_max_len: 32
+  num_query_tokens: 4  # the base directory's Q-Former has 4 queries (tiny_opt's default YAML says 8)
 datasets:
   rs_synthetic:
     build_info:

@@ -39,7 +39,7 @@ def instructblip_dir(tmp_path, name, text, image_token_index):
 
 
 def plan_of(model_section, run=None, task="captioning"):
-    cfg = Config.from_dict({"model": model_section, "datasets": {}, "run": {"task": task, **(run or {})}})
+    cfg = Config.from_dict({"model": model_section, "datasets": {"rs_synthetic": {}}, "run": {"task": task, **(run or {})}})
     model, _ = build_model_on_meta(cfg)
     return model, memory_plan(model, cfg.run)
 

@@ -405,7 +405,8 @@ def analyse(plan, work, tiny=False):
     if tiny:
         lines.append("TINY RUN (tests only): sizes, epochs and seeds are shrunk; the numbers mean nothing.")
     if missing:
-        lines.append(f"PARTIAL: {len(missing)} of {len(expected)} jobs missing: {', '.join(missing)}")
+        shown = ", ".join(missing[:12]) + (f", ... ({len(missing) - 12} more; all in the JSON's missing_jobs)" if len(missing) > 12 else "")
+        lines.append(f"PARTIAL: {len(missing)} of {len(expected)} jobs missing: {shown}")
     for p in plan["strengths"]:
         s = {"arms": {}, "effects": {}, "baselines": done.get(job_name("baselines", p), {}).get("baselines")}
         lines.append("")

@@ -144,7 +144,8 @@ def _log(run_dir):
     out = []
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        rec.pop("seconds", None)
+        for key in [k for k in rec if k == "seconds" or k.endswith("_seconds")]:  # wall-clock (data_seconds, ...)
+            rec.pop(key)
         out.append(rec)
     return out
 

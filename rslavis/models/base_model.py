@@ -27,6 +27,28 @@ from rslavis.common.errors import ConfigError
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
+
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def local_pretrained_dir(pretrained, hint):
+    """``model.pretrained`` as a local directory; a missing one is a one-line error saying what to put there."""
+    p = Path(str(pretrained)).expanduser()
+    if not p.is_dir():
+        raise ConfigError(
+            f"model.pretrained: directory not found: {p}. Put {hint} there (Hugging Face layout, e.g. "
+            f"`huggingface-cli download {hint} --local-dir {p}` on a machine with internet); nothing is downloaded."
+        )
+    return p
+
+
+def model_dtype(cfg):
+    """The torch dtype of ``model.dtype`` (default float32); an unknown name is a one-line error."""
+    dtype = MODEL_DTYPES.get(str(cfg.get("dtype") or "float32"))
+    if dtype is None:
+        raise ConfigError(f"model.dtype: {cfg.get('dtype')!r} is unknown; valid: {', '.join(MODEL_DTYPES)}.")
+    return dtype
+
 @dataclass
 class SampleOutput:
     """What ``BaseModel.sample`` returns for SCST; rows are ``n`` samples per image, image-major.

@@ -24,7 +24,7 @@ import torch
 from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
-from rslavis.models.base_model import BaseModel
+from rslavis.models.base_model import BaseModel, local_pretrained_dir, model_dtype
 from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -112,19 +112,12 @@ class BLIP(BaseModel):
     # ------------------------------------------------------------------ building
     def _load_pretrained(self, pretrained, model_type, tokenizer):
         hint = PRETRAINED_HINT.get(model_type, "a BLIP captioning checkpoint")
-        p = Path(str(pretrained)).expanduser()
-        if not p.is_dir():
-            raise ConfigError(
-                f"model.pretrained: directory not found: {p}. Put {hint} there (Hugging Face layout, e.g. "
-                f"`huggingface-cli download {hint} --local-dir {p}` on a machine with internet); nothing is downloaded."
-            )
+        p = local_pretrained_dir(pretrained, hint)
         from transformers import BlipForConditionalGeneration
 
         if tokenizer is None:
             tokenizer = load_tokenizer(p, option="model.pretrained")
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(self.cfg.get("dtype") or "float32"))
-        if dtype is None:
-            raise ConfigError(f"model.dtype: {self.cfg.get('dtype')!r} is unknown; valid: float32, bfloat16, float16.")
+        dtype = model_dtype(self.cfg)
         self._attach(BlipForConditionalGeneration.from_pretrained(str(p), local_files_only=True, dtype=dtype), tokenizer)
 
     def _build(self, tokenizer, hf_config=None):

@@ -24,7 +24,7 @@ import torch
 from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
-from rslavis.models.base_model import BaseModel
+from rslavis.models.base_model import BaseModel, local_pretrained_dir, model_dtype
 from rslavis.models.instructblip.model import DEFAULT_PROMPT, TINY_LLM, InstructBLIP, add_image_token, dataset_texts, tiny_hf_config
 from rslavis.models.lavis_keys import LAVIS_MODEL_KEYS
 from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
@@ -105,19 +105,12 @@ class Blip2(InstructBLIP):
     # ------------------------------------------------------------------ building
     def _load_pretrained_blip2(self, pretrained, model_type, tokenizer):
         hint = PRETRAINED_HINT.get(model_type, "a BLIP-2 checkpoint")
-        p = Path(str(pretrained)).expanduser()
-        if not p.is_dir():
-            raise ConfigError(
-                f"model.pretrained: directory not found: {p}. Put {hint} there (Hugging Face layout, e.g. "
-                f"`huggingface-cli download {hint} --local-dir {p}` on a machine with internet); nothing is downloaded."
-            )
+        p = local_pretrained_dir(pretrained, hint)
         from transformers import Blip2ForConditionalGeneration
 
         if tokenizer is None:
             tokenizer = load_tokenizer(p, option="model.pretrained")
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(self.cfg.get("dtype") or "float32"))
-        if dtype is None:
-            raise ConfigError(f"model.dtype: {self.cfg.get('dtype')!r} is unknown; valid: float32, bfloat16, float16.")
+        dtype = model_dtype(self.cfg)
         self._attach(Blip2ForConditionalGeneration.from_pretrained(str(p), local_files_only=True, dtype=dtype), tokenizer, None)
 
     def _build_blip2(self, tokenizer, hf_config=None):

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.lavis_keys import LAVIS_MODEL_KEYS
+from rslavis.models.base_model import local_pretrained_dir, model_dtype
 from rslavis.models.instructblip.parts import (  # noqa: F401  (re-exported for callers of the first version)
     DEFAULT_PROMPT,
     IMAGE_TOKEN,
@@ -112,19 +113,12 @@ class InstructBLIP(InstructBlipBase):
     # ------------------------------------------------------------------ building
     def _load_pretrained(self, pretrained, model_type, tokenizer, qformer_tokenizer):
         hint = PRETRAINED_HINT.get(model_type, "an InstructBLIP checkpoint")
-        p = Path(str(pretrained)).expanduser()
-        if not p.is_dir():
-            raise ConfigError(
-                f"model.pretrained: directory not found: {p}. Put {hint} there (Hugging Face layout, e.g. "
-                f"`huggingface-cli download {hint} --local-dir {p}` on a machine with internet); nothing is downloaded."
-            )
+        p = local_pretrained_dir(pretrained, hint)
         from transformers import InstructBlipForConditionalGeneration
 
         if tokenizer is None:
             tokenizer, qformer_tokenizer = load_tokenizers(p, "model.pretrained")
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(self.cfg.get("dtype") or "float32"))
-        if dtype is None:
-            raise ConfigError(f"model.dtype: {self.cfg.get('dtype')!r} is unknown; valid: float32, bfloat16, float16.")
+        dtype = model_dtype(self.cfg)
         model = InstructBlipForConditionalGeneration.from_pretrained(str(p), local_files_only=True, dtype=dtype)
         self._attach(model, tokenizer, qformer_tokenizer)
 

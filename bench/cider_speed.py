@@ -1,19 +1,30 @@
-"""CIDEr-D speed: pycocoevalcap's Cider against rslavis's vectorised reward, every pass counted.
+"""CIDEr-D speed: pycocoevalcap's Cider against rslavis's reward, every pass either side makes counted.
 
 5,000 candidates x 5 references from real RSICD captions (../shared/data): each train
 image's 5 references, and as candidate a caption of another image with the same scene
-label. Both sides use these references as the corpus. pycocoevalcap gets text tokenized
-by its own Java PTBTokenizer (timed apart: its tokenization is printed but left out of
-the ratios, which favours pycocoevalcap); rslavis gets the raw text and tokenizes it
-itself (Python PTB tokenizer) inside every timed call.
+label (RSICD repeats captions, so about half the candidates of a call are duplicates;
+rslavis scores each distinct caption once). Both sides use these references as the
+corpus. pycocoevalcap keeps no state: every ``compute_score`` makes its own
+document-frequency pass and scores; it gets text already tokenized by its own Java
+PTBTokenizer (the Java time is printed apart and left out of its side). rslavis is
+timed twice, in one run on the same candidates:
 
-- first call: rslavis's corpus pass (tokenize, document frequencies) + its first score
-  (builds the reference cache) against one ``Cider().compute_score`` (which makes its own
-  document-frequency pass);
-- warm: the median of later calls on fresh candidates of the same images (reference
-  vectors cached, as in training) against ``compute_score`` on the same candidates.
+- raw text (its default, ``pretokenized: false``): rslavis tokenizes every caption in
+  Python inside the timed calls, pycocoevalcap does not; this favours pycocoevalcap;
+- the same PTB tokens into both (``pretokenized: true``): like against like.
 
-    python bench/cider_speed.py [--n 5000] [--repeats 5] [--data ../shared/data]
+The sides run interleaved, one call at a time, and are timed in CPU seconds of this
+process (``time.process_time``), since the machine is shared with other jobs; run with
+``OMP_NUM_THREADS=1`` so numpy uses one thread like pycocoevalcap.
+
+For each: **first call** = rslavis's corpus pass (tokenize the references, document
+frequencies, reference vectors) + its first score, against one ``compute_score``;
+**warm** = the median of later calls on fresh candidate draws for the same images
+(reference vectors cached, as in training) against ``compute_score`` on the same
+candidates; **distinct** = one call on 5,000 all-distinct candidates (captions of other
+RSICD images), where deduplication cannot help.
+
+    OMP_NUM_THREADS=1 python bench/cider_speed.py [--n 5000] [--repeats 5] [--data ../shared/data]
 """
 
 import argparse
@@ -32,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
 
-from _rsicd import rsicd_candidates  # noqa: E402
+from _rsicd import rsicd_candidates, unseen_candidates  # noqa: E402
 from rslavis.rewards.cider import CiderD  # noqa: E402
 from rslavis.text.tokenize import ptb_tokenize  # noqa: E402
 
@@ -54,6 +65,17 @@ def java_ptb(lines):
     return [" ".join(w for w in r.rstrip().split(" ") if w not in m.PUNCTUATIONS) for r in out.split("\n")[: len(lines)]]
 
 
+def timed(fn, *a, **k):
+    """CPU seconds of this process (the machine is shared: wall time depends on the other jobs) and the result."""
+    t = time.process_time()
+    out = fn(*a, **k)
+    return time.process_time() - t, out
+
+
+def verdict(ratio, target):
+    return f"{ratio:.1f}x (target >= {target}x: {'met' if ratio >= target else 'NOT met'})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
@@ -61,50 +83,56 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     refs, cands, resample = rsicd_candidates(args.data, args.n)
-    warm_sets = [resample() for _ in range(args.repeats)]
-
+    raw_sets = [cands] + [resample() for _ in range(args.repeats)] + [unseen_candidates(args.data, args.n)]
     flat = [r for rs in refs for r in rs]
-    everything = flat + cands + [c for s in warm_sets for c in s]
-    t0 = time.perf_counter()
-    toks = java_ptb(everything)
-    t_java = time.perf_counter() - t0
-    tok_note = f"Java PTBTokenizer, {t_java:.2f} s, not counted"
-    if toks is None:
-        toks = [" ".join(ptb_tokenize(c)) for c in everything]
-        tok_note = "Java absent: rslavis's Python PTB tokenizer, not counted"
-    it = iter(toks)
-    gts = {i: [next(it) for _ in rs] for i, rs in enumerate(refs)}
-    tok_sets = [[next(it) for _ in cands]] + [[next(it) for _ in s] for s in warm_sets]
 
-    def coco(tok_cands):
-        t = time.perf_counter()
-        _, s = Cider().compute_score(gts, {i: [c] for i, c in enumerate(tok_cands)})
-        return time.perf_counter() - t, np.asarray(s)
+    # tokenization for pycocoevalcap (and for rslavis's pretokenized mode), outside every timed score
+    t0 = time.perf_counter()
+    tok_flat = java_ptb(flat)
+    t_java_refs = time.perf_counter() - t0
+    tok_first = java_ptb(cands)
+    t_java_cands = time.perf_counter() - t0 - t_java_refs
+    if tok_flat is None:
+        tok_note = "Java absent: rslavis's Python PTB tokenizer"
+        tok_flat, tok_first = ([" ".join(ptb_tokenize(c)) for c in x] for x in (flat, cands))
+    else:
+        tok_note = f"Java PTBTokenizer: references {t_java_refs:.2f} s, one candidate set {t_java_cands:.2f} s wall, not counted"
+    rest = [c for s in raw_sets[1:] for c in s]
+    tok_rest = java_ptb(rest) or [" ".join(ptb_tokenize(c)) for c in rest]
+    it = iter(tok_flat)
+    tok_refs = [[next(it) for _ in rs] for rs in refs]
+    gts = dict(enumerate(tok_refs))
+    it = iter(tok_rest)
+    tok_sets = [tok_first] + [[next(it) for _ in s] for s in raw_sets[1:]]
 
-    t_coco_first, theirs = coco(tok_sets[0])
-    t0 = time.perf_counter()
-    scorer = CiderD(corpus=refs)
-    t_corpus = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ours = scorer.score(cands, refs)
-    t_first = time.perf_counter() - t0
-    diff = float(np.abs(theirs - ours).max())
-    warm_ours, warm_coco = [], []
-    for raw, tok in zip(warm_sets, tok_sets[1:]):
-        t0 = time.perf_counter()
-        o = scorer.score(raw, refs)
-        warm_ours.append(time.perf_counter() - t0)
-        tc, th = coco(tok)
-        warm_coco.append(tc)
-        diff = max(diff, float(np.abs(th - o).max()))
-    t_wo, t_wc = statistics.median(warm_ours), statistics.median(warm_coco)
-    first = t_corpus + t_first
-    print(f"candidates x references : {len(cands)} x {len(flat) / len(refs):.0f} (RSICD train; pycocoevalcap input: {tok_note})")
-    print(f"first call   pycocoevalcap compute_score {t_coco_first:.3f} s | rslavis corpus pass {t_corpus:.3f} s + first score "
-          f"{t_first:.3f} s = {first:.3f} s | ratio {t_coco_first / first:.1f}x (target >= 10x: {'met' if t_coco_first / first >= 10 else 'NOT met'})")
-    print(f"warm (median of {args.repeats}) pycocoevalcap {t_wc:.3f} s | rslavis {t_wo:.4f} s (reference vectors cached, "
-          f"candidates tokenized) | ratio {t_wc / t_wo:.1f}x (target >= 100x: {'met' if t_wc / t_wo >= 100 else 'NOT met'})")
-    print(f"largest |difference| over {1 + args.repeats} calls: {diff:.3e} (raw text into rslavis, PTB tokens into pycocoevalcap)")
+    # one call at a time, the three sides interleaved on each candidate set
+    modes = {"raw text": (refs, raw_sets, False), "same PTB tokens": (tok_refs, tok_sets, True)}
+    coco_t, sides = [], {name: [0.0, [], 0.0, None] for name in modes}
+    for k, tok in enumerate(tok_sets):
+        t, (_, theirs) = timed(Cider().compute_score, gts, {i: [c] for i, c in enumerate(tok)})
+        coco_t.append(t)
+        for name, (corpus, sets, pre) in modes.items():
+            side = sides[name]
+            if k == 0:
+                side[0], side[3] = timed(CiderD, corpus=corpus, pretokenized=pre)
+            t, ours = timed(side[3].score, sets[k], corpus)
+            side[1].append(t)
+            side[2] = max(side[2], float(np.abs(ours - np.asarray(theirs)).max()))
+
+    warm = slice(1, 1 + args.repeats)
+    t_cf, t_cw, t_cd = coco_t[0], statistics.median(coco_t[warm]), coco_t[-1]
+    n_distinct = [len(set(s)) for s in raw_sets]
+    print(f"candidates x references: {len(cands)} x {len(flat) / len(refs):.0f} (RSICD train), distinct candidates per call "
+          f"{min(n_distinct[:-1])}-{max(n_distinct[:-1])} (last call {n_distinct[-1]}); pycocoevalcap input: {tok_note}")
+    print("times are CPU seconds of this process (time.process_time; numpy single-threaded with OMP_NUM_THREADS=1)")
+    print(f"pycocoevalcap compute_score: first {t_cf:.3f} s, warm median {t_cw:.3f} s, distinct {t_cd:.3f} s "
+          "(each call makes its own document-frequency pass)")
+    for name, (t_corpus, times, diff, _) in sides.items():
+        first = t_corpus + times[0]
+        t_w = statistics.median(times[warm])
+        print(f"rslavis, {name}: first call = corpus pass {t_corpus:.3f} s + first score {times[0]:.3f} s = {first:.3f} s "
+              f"-> {verdict(t_cf / first, 10)}; warm median {t_w:.4f} s -> {verdict(t_cw / t_w, 100)}; "
+              f"distinct {times[-1]:.4f} s -> {t_cd / times[-1]:.1f}x; largest |difference| {diff:.1e} over {len(times)} calls")
 
 
 if __name__ == "__main__":

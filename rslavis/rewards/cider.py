@@ -220,11 +220,21 @@ class CiderD(BaseReward):
         return (cu[known], d[known], order[known], w[known]), norm, np.maximum(lengths - 1, 0).astype(np.float64)
 
     def _score(self, generated, references):
-        b, n = len(generated), self.n
+        b = len(generated)
         empty_refs = [i for i, r in enumerate(references) if len(r) == 0]
         if empty_refs:
             raise DataError(f"cider: candidate {empty_refs[0]} has no reference captions.")
         eidx = self._entries(references)
+        if b > 1 and bool((eidx[1:] < eidx[:-1]).any()):
+            # score in pool order: the reference look-up below then reads the pool front to back
+            perm = np.argsort(eidx, kind="stable")
+            out = np.empty(b)
+            out[perm] = self._score_sorted([generated[i] for i in perm.tolist()], eidx[perm])
+            return out
+        return self._score_sorted(generated, eidx)
+
+    def _score_sorted(self, generated, eidx):
+        b, n = len(generated), self.n
         pool = self.pool
 
         # candidate vectors, computed once per distinct caption (sampled captions repeat)

@@ -58,7 +58,7 @@ def _kill():
 def _arm(kind, at):
     """Patch this process so that it SIGKILLs itself at the ``at``-th event of ``kind``."""
     from rslavis.common import checkpoint
-    from rslavis.runners import runner_base
+    from rslavis.runners import checkpointing
     from rslavis.tasks.captioning import CaptionTask
     from rslavis.tasks.scst import SCSTTask
 
@@ -104,7 +104,7 @@ def _arm(kind, at):
 
             checkpoint._atomic_write(path, half)
 
-        runner_base.atomic_torch_save = atomic_torch_save
+        checkpointing.atomic_torch_save = atomic_torch_save  # the name CheckpointMixin.save_checkpoint calls
     else:
         raise ValueError(kind)
 

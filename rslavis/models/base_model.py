@@ -9,8 +9,9 @@ Persistence is written once here: ``save_pretrained(dir)`` writes ``config.json`
 registry name as ``arch`` and the model config, local paths cleared), ``hf_config.json``
 (the transformers config, for models that have one), ``tokenizer/`` and
 ``model.safetensors``; ``from_pretrained(dir)`` reads them back. A model overrides only
-what it adds: :attr:`LOCAL_PATH_KEYS`, :meth:`hf_config_to_save`, :meth:`save_tokenizers`,
-:meth:`saved_parts` (what the constructor gets back), :meth:`save_extras`/:meth:`load_extras`.
+what it adds: :attr:`LOCAL_PATH_KEYS`, :meth:`hf_config_to_save`, :meth:`save_tokenizers` and
+:meth:`tokenizer_parts` (writing and reading its tokenizers), :meth:`saved_parts` (what the
+constructor gets back: by default ``tokenizer`` and ``hf_config``), :meth:`save_extras`/:meth:`load_extras`.
 """
 
 import json
@@ -25,18 +26,18 @@ from torch import nn
 from rslavis.common.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
+TOKENIZER_DIR = "tokenizer"  # where save_pretrained and runs keep a model's (fitted) tokenizers
 
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def local_pretrained_dir(pretrained, hint):
-    """``model.pretrained`` as a local directory; a missing one is a one-line error saying what to put there."""
+def local_pretrained_dir(pretrained, hint, what=None):
+    """``model.pretrained`` as a local directory; a missing one is a one-line error saying what to put
+    there (``what``, by default the Hub name ``hint``)."""
     p = Path(str(pretrained)).expanduser()
     if not p.is_dir():
         raise ConfigError(
-            f"model.pretrained: directory not found: {p}. Put {hint} there (Hugging Face layout, e.g. "
+            f"model.pretrained: directory not found: {p}. Put {what or hint} there (Hugging Face layout, e.g. "
             f"`huggingface-cli download {hint} --local-dir {p}` on a machine with internet); nothing is downloaded."
         )
     return p
@@ -48,6 +49,14 @@ def model_dtype(cfg):
     if dtype is None:
         raise ConfigError(f"model.dtype: {cfg.get('dtype')!r} is unknown; valid: {', '.join(MODEL_DTYPES)}.")
     return dtype
+
+
+def read_hf_config(path):
+    """The transformers config saved as JSON at ``path`` (its class from its ``model_type``)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**json.loads(Path(path).read_text()))
+
 
 @dataclass
 class SampleOutput:
@@ -137,6 +146,27 @@ class BaseModel(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return total, trainable
 
+    # ------------------------------------------------------------------ text helpers
+    def instructions(self, samples, n):
+        """Each sample's instruction (``text_input``); ``self.prompt`` where it is missing or blank."""
+        prompts = samples.get("text_input")
+        if prompts is None:
+            return [self.prompt] * n
+        return [p if (p and str(p).strip()) else self.prompt for p in prompts]
+
+    def _decode(self, ids):
+        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def save_run_tokenizers(self, output_dir):
+        """Tokenizers fitted in ``prepare_for_training`` to ``<output_dir>/tokenizer`` (main process only),
+        where :meth:`from_run_folder` and ``model.finetuned`` find them beside the checkpoints."""
+        if output_dir is None:
+            return
+        from rslavis.common.dist_utils import is_main_process
+
+        if is_main_process():
+            self.save_tokenizers(Path(output_dir) / TOKENIZER_DIR)
+
     # ------------------------------------------------------------------ persistence
     @classmethod
     def registry_name(cls):
@@ -184,21 +214,29 @@ class BaseModel(nn.Module):
         hf_config = self.hf_config_to_save()
         if hf_config is not None:
             atomic_write_text(hf_config.to_json_string(), d / "hf_config.json")
-        self.save_tokenizers(d / "tokenizer")
+        self.save_tokenizers(d / TOKENIZER_DIR)
         self.save_extras(d)
         tmp = d / ".model.safetensors.tmp"
         save_model(self, str(tmp))  # handles tied weights (GPT-2's input/output embeddings)
         os.replace(tmp, d / "model.safetensors")
 
     @classmethod
-    def saved_parts(cls, directory, cfg):
-        """Constructor keyword arguments rebuilt from a saved folder (default: its tokenizer, if any)."""
-        tok_dir = Path(directory) / "tokenizer"
-        if not tok_dir.is_dir():
-            return {}
+    def tokenizer_parts(cls, directory, option):
+        """Constructor keyword arguments of the tokenizer(s) :meth:`save_tokenizers` wrote to ``directory``."""
         from rslavis.models.tokenization import load_tokenizer
 
-        return {"tokenizer": load_tokenizer(tok_dir, option=str(tok_dir))}
+        return {"tokenizer": load_tokenizer(directory, option=option)}
+
+    @classmethod
+    def saved_parts(cls, directory, cfg):
+        """Constructor keyword arguments rebuilt from a saved folder: its tokenizer(s) (:meth:`tokenizer_parts`)
+        and ``hf_config`` (when :meth:`hf_config_to_save` wrote one)."""
+        d = Path(directory)
+        tok_dir = d / TOKENIZER_DIR
+        parts = cls.tokenizer_parts(tok_dir, str(tok_dir)) if tok_dir.is_dir() else {}
+        if (d / "hf_config.json").is_file():
+            parts["hf_config"] = read_hf_config(d / "hf_config.json")
+        return parts
 
     @classmethod
     def from_pretrained(cls, directory):
@@ -225,7 +263,7 @@ class BaseModel(nn.Module):
         run wrote beside its checkpoints (the fitted ``tokenizer/``); the runner checkpoint's weights
         are loaded afterwards by :func:`rslavis.models.loading.load_weights`."""
         cfg = dict(cfg)
-        tok_dir = Path(run_dir) / "tokenizer"
+        tok_dir = Path(run_dir) / TOKENIZER_DIR
         if not cfg.get("tokenizer_path") and tok_dir.is_dir():
             cfg["tokenizer_path"] = str(tok_dir)
         return cls.from_config(cfg)

@@ -200,3 +200,12 @@ def beam_search(
     final = scores.reshape(-1) / lengths.pow(float(length_penalty))
     best = final.view(b, nb).argmax(1) + torch.arange(b, device=device) * nb
     return seqs[best].masked_fill(after[best], pad_token_id)
+
+
+def generate_kwargs(max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0):
+    """transformers ``generate`` keyword arguments of the generation settings a task passes to
+    ``model.generate`` (greedy or beam search), for the models that delegate decoding to it."""
+    return dict(
+        max_new_tokens=int(max_len), min_new_tokens=int(min_len), num_beams=int(num_beams),
+        repetition_penalty=float(repetition_penalty), length_penalty=float(length_penalty), do_sample=False,
+    )

@@ -188,11 +188,7 @@ class ScoreModel(BaseModel):
             raise ConfigError("model.tokenizer_path is not set and no training texts were found to fit the scorer's tokenizer on.")
         tok = train_caption_tokenizer(texts, vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))
         self._build_hf_clip(tok)
-        if output_dir is not None:
-            from rslavis.common.dist_utils import is_main_process
-
-            if is_main_process():
-                tok.save_pretrained(str(Path(output_dir) / "tokenizer"))
+        self.save_run_tokenizers(output_dir)
         logger.info("score_model: fitted a word-level tokenizer on %d texts: %d tokens", len(texts), len(tok))
 
     # ------------------------------------------------------------------ scoring

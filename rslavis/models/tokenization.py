@@ -48,3 +48,32 @@ def load_tokenizer(path, option="model.tokenizer_path"):
             else:
                 tok.add_special_tokens({key: value})
     return tok
+
+
+def dataset_texts(datasets):
+    """``(targets, instructions)`` of the training splits, read from records (no image is decoded)."""
+    targets, instructions = [], set()
+    for splits in datasets.values():
+        ds = splits.get("train")
+        if ds is None:
+            continue
+        if hasattr(ds, "all_captions"):
+            targets.extend(ds.all_captions())
+        if getattr(ds, "prompt", ""):
+            instructions.add(ds.prompt)
+        process = getattr(ds, "text_processor", None) or (lambda s: s)
+        for r in getattr(ds, "records", ()):
+            if r.get("prompt"):
+                instructions.add(r["prompt"])
+            if r.get("question"):
+                instructions.add(process(r["question"]))
+    return targets, sorted(instructions)
+
+
+def training_texts(datasets, prompt, what="tokenizer"):
+    """``(targets, instructions)`` to fit a ``what`` on: the training splits' targets, and their
+    instructions with ``prompt``; no target is a one-line error."""
+    targets, instructions = dataset_texts(datasets)
+    if not targets:
+        raise ConfigError(f"model.tokenizer_path is not set and no training texts were found to fit the {what} on.")
+    return targets, sorted(set(instructions) | {prompt})

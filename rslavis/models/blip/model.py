@@ -14,18 +14,15 @@ Hugging Face layout (``model.pretrained``: ``config.json``, weights, tokenizer f
 ``blip_caption`` is an alias of this model.
 """
 
-import json
 import logging
-import os
-from pathlib import Path
 
 import torch
 
-from rslavis.common.config import to_plain
-from rslavis.common.errors import ConfigError, RslavisError
+from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
-from rslavis.models.base_model import BaseModel, local_pretrained_dir, model_dtype
-from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
+from rslavis.models.decoding import generate_kwargs, sample_tokens
+from rslavis.models.hf_model import HFModel
+from rslavis.models.tokenization import train_caption_tokenizer, training_texts
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +63,7 @@ def tiny_blip_config(cfg, tokenizer):
 
 
 @registry.register_model("blip")
-class BLIP(BaseModel):
+class BLIP(HFModel):
     """BLIP captioner; config keys (``configs/models/blip/*.yaml``): ``pretrained``,
     ``tokenizer_path``, ``vision``/``text`` (tiny sizes), ``prompt``, ``max_txt_len``,
     ``label_smoothing`` (LAVIS: 0.1), ``freeze_vit``, ``dtype``, and LAVIS's ``vit_type``
@@ -80,12 +77,12 @@ class BLIP(BaseModel):
     }
     DEFAULT_MODEL_TYPE = "tiny"
     MODEL_KEYS = LAVIS_BLIP_KEYS
+    HF_CLASS = "BlipForConditionalGeneration"
+    PRETRAINED_HINT = PRETRAINED_HINT
+    CHECKPOINT_KIND = "a BLIP captioning checkpoint"
 
     def __init__(self, cfg, tokenizer=None, hf_config=None):
-        super().__init__()
-        self.cfg = dict(to_plain(cfg) or {})
-        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
-        self.model = None
+        super().__init__(cfg)
         self.tokenizer = None
         self.prompt = str(self.cfg.get("prompt") if self.cfg.get("prompt") is not None else "a picture of ")
         self.max_txt_len = int(self.cfg.get("max_txt_len") or 40)
@@ -97,33 +94,20 @@ class BLIP(BaseModel):
         from rslavis.models import lavis_keys
 
         lavis_keys.check_static(self.cfg, "blip")
-        model_type = self.cfg.get("model_type") or self.DEFAULT_MODEL_TYPE
-        if tokenizer is None and self.cfg.get("tokenizer_path"):
-            tokenizer = load_tokenizer(self.cfg["tokenizer_path"], "model.tokenizer_path")
-        pretrained = self.cfg.get("pretrained")
-        if pretrained and hf_config is None:
-            self._load_pretrained(pretrained, model_type, tokenizer)
-        elif tokenizer is not None:
-            self._build(tokenizer, hf_config)
-        elif model_type != "tiny":
-            hint = PRETRAINED_HINT.get(model_type, "a BLIP captioning checkpoint")
-            raise ConfigError(f"model.pretrained is not set for model_type {model_type!r}: give a local directory holding {hint} (Hugging Face layout; nothing is downloaded).")
+        self.build_or_load(hf_config, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ building
-    def _load_pretrained(self, pretrained, model_type, tokenizer):
-        hint = PRETRAINED_HINT.get(model_type, "a BLIP captioning checkpoint")
-        p = local_pretrained_dir(pretrained, hint)
-        from transformers import BlipForConditionalGeneration
-
-        if tokenizer is None:
-            tokenizer = load_tokenizer(p, option="model.pretrained")
-        dtype = model_dtype(self.cfg)
-        self._attach(BlipForConditionalGeneration.from_pretrained(str(p), local_files_only=True, dtype=dtype), tokenizer)
-
     def _build(self, tokenizer, hf_config=None):
         from transformers import BlipForConditionalGeneration
 
         self._attach(BlipForConditionalGeneration(hf_config or tiny_blip_config(self.cfg, tokenizer)), tokenizer)
+
+    def fitted_tokenizers(self, datasets):
+        """The tokenizer fitted on the training captions and the prompt."""
+        targets, _ = training_texts(datasets, self.prompt)
+        tok = train_caption_tokenizer(targets + [self.prompt], vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))
+        logger.info("fitted the BLIP tokenizer: %d tokens", len(tok))
+        return {"tokenizer": tok}
 
     def _attach(self, model, tokenizer):
         text = model.config.text_config
@@ -145,29 +129,7 @@ class BLIP(BaseModel):
         lavis_keys.apply(cfg, model, model.vision_model, "blip")
         self.model = model.to(self.device)
 
-    def prepare_for_training(self, datasets, output_dir):
-        """Tiny type: fit the tokenizer on the training captions, build the model, save the tokenizer."""
-        if self.model is not None:
-            return
-        from rslavis.models.instructblip.model import dataset_texts
-
-        targets, _ = dataset_texts(datasets)
-        if not targets:
-            raise ConfigError("model.tokenizer_path is not set and no training captions were found to fit the tokenizer on.")
-        tok = train_caption_tokenizer(targets + [self.prompt], vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))
-        self._build(tok)
-        if output_dir is not None:
-            from rslavis.common.dist_utils import is_main_process
-
-            if is_main_process():
-                tok.save_pretrained(str(Path(output_dir) / "tokenizer"))
-        logger.info("fitted the BLIP tokenizer: %d tokens", len(tok))
-
     # ------------------------------------------------------------------ inputs
-    def _require_model(self):
-        if self.model is None:
-            raise RslavisError("blip: the model is not built yet (set model.tokenizer_path or call prepare_for_training).")
-
     def _pixels(self, samples):
         self._require_model()
         if "image" not in samples:
@@ -213,32 +175,18 @@ class BLIP(BaseModel):
         ids, mask, labels = self._train_inputs(list(samples["text_output"]))
         return {"loss": self.model(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=labels).loss}
 
-    def _decode(self, ids):
-        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
     @torch.no_grad()
     def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
         pixels = self._pixels(samples)
         prefix = self.prompt_ids()
         ids = torch.tensor([prefix + [self.sep_id]] * len(pixels), device=self.device)  # generate drops the last token
-        out = self.model.generate(
-            pixel_values=pixels,
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=int(max_len),
-            min_new_tokens=int(min_len),
-            num_beams=int(num_beams),
-            repetition_penalty=float(repetition_penalty),
-            length_penalty=float(length_penalty),
-            do_sample=False,
-        )
+        settings = generate_kwargs(max_len, min_len, num_beams, repetition_penalty, length_penalty)
+        out = self.model.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids), **settings)
         return self._decode(out[:, len(prefix) :])
 
     def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
-        """``n`` captions per image for SCST through :func:`rslavis.models.sampling.sample_tokens`
+        """``n`` captions per image for SCST through :func:`rslavis.models.decoding.sample_tokens`
         (the text decoder with its KV cache; rows image-major)."""
-        from rslavis.models.sampling import sample_tokens
-
         pixels = self._pixels(samples)
         image = self.model.vision_model(pixel_values=pixels).last_hidden_state.repeat_interleave(n, 0)
         image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
@@ -255,34 +203,3 @@ class BLIP(BaseModel):
             temperature=float(temperature), min_len=int(min_len), return_logits=return_logits, greedy=greedy, generator=generator,
         )
         return res.to_sample_output(self._decode(res.token_ids))
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory):
-        """``config.json`` (rslavis config), ``hf_config.json``, ``model.safetensors``, ``tokenizer/``."""
-        from safetensors.torch import save_model
-
-        from rslavis.common.checkpoint import atomic_write_json
-
-        self._require_model()
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_json({"arch": "blip", **dict(self.cfg, tokenizer_path=None, pretrained=None)}, d / "config.json", indent=2)
-        (d / "hf_config.json").write_text(self.model.config.to_json_string())
-        self.tokenizer.save_pretrained(str(d / "tokenizer"))
-        tmp = d / ".model.safetensors.tmp"
-        save_model(self, str(tmp))
-        os.replace(tmp, d / "model.safetensors")
-
-    @classmethod
-    def from_pretrained(cls, directory):
-        d = Path(directory)
-        if not (d / "config.json").is_file() or not (d / "hf_config.json").is_file():
-            raise ConfigError(f"{d}: not a saved blip model (config.json/hf_config.json missing); write one with save_pretrained.")
-        from safetensors.torch import load_model
-        from transformers import BlipConfig
-
-        cfg = json.loads((d / "config.json").read_text())
-        cfg.pop("arch", None)
-        model = cls(cfg, tokenizer=load_tokenizer(d / "tokenizer", option=str(d / "tokenizer")), hf_config=BlipConfig.from_json_file(str(d / "hf_config.json")))
-        load_model(model, str(d / "model.safetensors"))
-        return model

@@ -23,15 +23,15 @@ the same split TRL makes; positions and masks of that pass are those ``generate`
 which the tests check by greedy sampling equal to greedy generation.
 """
 
-import json
 import logging
-from pathlib import Path
 
 import torch
 
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
-from rslavis.models.base_model import BaseModel, SampleOutput
+from rslavis.models.base_model import TOKENIZER_DIR, SampleOutput, local_pretrained_dir
+from rslavis.models.decoding import generate_kwargs
+from rslavis.models.hf_model import HFModel
 from rslavis.models.hf_vlm.families import (  # noqa: F401  (fitted_tokenizer re-exported)
     _read_model_type,
     family_of_model_type,
@@ -39,16 +39,17 @@ from rslavis.models.hf_vlm.families import (  # noqa: F401  (fitted_tokenizer re
     get_family,
     load_processor,
 )
+from rslavis.models.hf_vlm.inputs import VLMInputs
+from rslavis.models.tokenization import training_texts
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "Describe the image briefly."
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PROCESSOR_DIR = "tokenizer"  # the runner's/SCST's name for the fitted text files beside checkpoints
+PROCESSOR_DIR = TOKENIZER_DIR  # the runner's/SCST's name for the fitted text files beside checkpoints
 
 
 @registry.register_model("hf_vlm")
-class HFVLM(BaseModel):
+class HFVLM(VLMInputs, HFModel):
     """Config keys (see ``configs/models/hf_vlm/*.yaml``): ``family``, ``pretrained`` (local HF
     directory), ``tokenizer_path`` (a saved processor), ``vision``/``llm`` (tiny sizes),
     ``tokenizer_vocab_size``, ``prompt``, ``max_output_txt_len`` (answer tokens in
@@ -62,51 +63,31 @@ class HFVLM(BaseModel):
         "local": "configs/models/hf_vlm/local.yaml",
     }
     DEFAULT_MODEL_TYPE = "local"  # `arch: hf_vlm` + `pretrained: DIR` is a whole model section
+    HF_CLASS = "AutoModelForImageTextToText"
+    TOKENIZER_ARG = "processor"
+    CHECKPOINT_KIND = "a Hugging Face image-text-to-text checkpoint"
 
     def __init__(self, cfg, processor=None, hf_config=None):
-        super().__init__(cfg, lazy=True)
-        self.model = None
+        super().__init__(cfg)
         self.processor = None
         self.prompt = self.cfg.get("prompt") or DEFAULT_PROMPT
         self.max_output_txt_len = int(self.cfg.get("max_output_txt_len") or 40)
-        pretrained = self.cfg.get("pretrained")
-        if pretrained:
-            p = Path(str(pretrained)).expanduser()
-            if not p.is_dir():
-                raise ConfigError(
-                    f"model.pretrained: directory not found: {p}. Put a Hugging Face image-text-to-text checkpoint there "
-                    f"(e.g. `huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct --local-dir {p}` on a machine with internet); "
-                    "nothing is downloaded."
-                )
+        if self.cfg.get("pretrained"):
+            p = self.pretrained_dir()
             self.family = family_of_model_type(_read_model_type(p, "model.pretrained"), f"model.pretrained {p}")
             if self.cfg.get("family") and get_family(self.cfg["family"]).name != self.family.name:
                 raise ConfigError(f"model.family {self.cfg['family']!r} contradicts {p}/config.json (a {self.family.name} model).")
         else:
             self.family = get_family(self.cfg.get("family") or "qwen2_5_vl")
-        if processor is None and self.cfg.get("tokenizer_path"):
-            processor = load_processor(self.cfg["tokenizer_path"], "model.tokenizer_path")
-        if pretrained and hf_config is None:
-            self._load_pretrained(Path(str(pretrained)).expanduser(), processor)
-        elif processor is not None:
-            self._build(processor, hf_config)
-        elif (self.cfg.get("model_type") or self.DEFAULT_MODEL_TYPE) != "tiny":
-            raise ConfigError("model.pretrained is not set for model_type 'local': give a local Hugging Face model directory.")
+        self.build_or_load(hf_config, processor=processor)
 
     # ------------------------------------------------------------------ building
     @property
     def tokenizer(self):
         return self.processor.tokenizer
 
-    def _load_pretrained(self, path, processor):
-        from transformers import AutoModelForImageTextToText
-
-        dtype = DTYPES.get(str(self.cfg.get("dtype") or "float32"))
-        if dtype is None:
-            raise ConfigError(f"model.dtype: {self.cfg.get('dtype')!r} is unknown; valid: {', '.join(DTYPES)}.")
-        if processor is None:
-            processor = load_processor(path, "model.pretrained")
-        model = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-        self._attach(model, processor)
+    def pretrained_dir(self):
+        return local_pretrained_dir(self.cfg["pretrained"], "Qwen/Qwen2.5-VL-3B-Instruct", what=self.CHECKPOINT_KIND)
 
     def _build(self, processor, hf_config=None):
         from transformers import AutoModelForImageTextToText
@@ -114,6 +95,14 @@ class HFVLM(BaseModel):
         if hf_config is None:
             hf_config = self.family.build_config(self.cfg, processor.tokenizer, self._end_id(processor.tokenizer))
         self._attach(AutoModelForImageTextToText.from_config(hf_config), processor)
+
+    def fitted_tokenizers(self, datasets):
+        """A processor of the family around a tokenizer fitted on the training text."""
+        targets, instructions = training_texts(datasets, self.prompt)
+        texts = targets + instructions
+        tok = fitted_tokenizer(texts, self.family, int(self.cfg.get("tokenizer_vocab_size") or 2000))
+        logger.info("hf_vlm %s: fitted a %d-token tokenizer on %d texts", self.family.name, len(tok), len(texts))
+        return {"processor": self.family.build_processor(self.cfg, tok)}
 
     def _end_id(self, tok):
         token = self.cfg.get("answer_end_token") or self.family.end_token
@@ -181,107 +170,6 @@ class HFVLM(BaseModel):
             m = getattr(m, part)
         return m
 
-    def prepare_for_training(self, datasets, output_dir):
-        """Tiny types: fit the tokenizer on the training text, build processor and model, save the processor."""
-        if self.model is not None:
-            return
-        from rslavis.models.instructblip.model import dataset_texts
-
-        targets, instructions = dataset_texts(datasets)
-        if not targets:
-            raise ConfigError("model.tokenizer_path is not set and no training texts were found to fit the tokenizer on.")
-        texts = targets + sorted(set(instructions) | {self.prompt})
-        tok = fitted_tokenizer(texts, self.family, int(self.cfg.get("tokenizer_vocab_size") or 2000))
-        self._build(self.family.build_processor(self.cfg, tok))
-        if output_dir is not None:
-            from rslavis.common.dist_utils import is_main_process
-
-            if is_main_process():
-                self.processor.save_pretrained(str(Path(output_dir) / PROCESSOR_DIR))
-        logger.info("hf_vlm %s: fitted a %d-token tokenizer on %d texts", self.family.name, len(tok), len(texts))
-
-    def _require_model(self):
-        if self.model is None:
-            raise RslavisError("hf_vlm: the model is not built yet (set model.tokenizer_path or call prepare_for_training).")
-
-    # ------------------------------------------------------------------ inputs
-    def instructions(self, samples, n):
-        prompts = samples.get("text_input")
-        if prompts is None:
-            return [self.prompt] * n
-        return [p if (p and str(p).strip()) else self.prompt for p in prompts]
-
-    def prompt_text(self, instruction):
-        """The instruction as one user turn with the image, through the processor's chat template."""
-        if self.family.chat_template is None and not getattr(self.processor, "chat_template", None):
-            return self.processor.image_token + instruction  # PaliGemma: the processor expands it, adds BOS and the newline
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-    def _images(self, samples):
-        if "image" not in samples:
-            raise ConfigError("hf_vlm needs samples with 'image' (a feature cache's image_features cannot feed its vision tower).")
-        return [im.float().cpu() for im in samples["image"]]
-
-    def prompt_inputs(self, samples):
-        """Left-padded processor outputs of the prompts (ids, mask, pixel values, grid sizes...)."""
-        self._require_model()
-        images = self._images(samples)
-        texts = [self.prompt_text(p) for p in self.instructions(samples, len(images))]
-        kwargs = {}
-        if self.family.name == "idefics3":
-            kwargs["images"] = [[im] for im in images]
-        else:
-            kwargs["images"] = images
-        enc = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
-        enc = {k: v for k, v in enc.items() if k != "labels"}  # PaliGemma's processor adds prompt labels; the answer is appended here
-        dtype = self.model.dtype
-        out = {}
-        for k, v in enc.items():
-            if isinstance(v, torch.Tensor):
-                v = v.to(self.device)
-                if v.is_floating_point():
-                    v = v.to(dtype)
-            out[k] = v
-        self._check_image_tokens(out)
-        return out
-
-    def _image_token_id(self):
-        cfg = self.model.config
-        for key in ("image_token_id", "image_token_index"):
-            if getattr(cfg, key, None) is not None:
-                return int(getattr(cfg, key))
-        return None
-
-    def _check_image_tokens(self, inputs):
-        image_id = self._image_token_id()
-        counts = (inputs["input_ids"] == image_id).sum(1)
-        if bool((counts == 0).any()):
-            raise RslavisError(
-                f"hf_vlm: a prompt has no image token (id {image_id}); the chat template of {type(self.processor).__name__} "
-                "did not place the image, so transformers would ignore it."
-            )
-
-    def _answer_ids(self, answers):
-        tok = self.tokenizer
-        return [tok(a, add_special_tokens=False)["input_ids"][: self.max_output_txt_len] + [self.end_id] for a in answers]
-
-    def extend_inputs(self, inputs, completions, completion_mask, answer_type=True):
-        """``inputs`` (left-padded prompts) followed by ``completions`` (R, T): ids, attention mask,
-        position ids as ``generate`` computes them, and the token-type rows of the family."""
-        ids = torch.cat([inputs["input_ids"], completions], 1)
-        mask = torch.cat([inputs["attention_mask"], completion_mask.to(inputs["attention_mask"].dtype)], 1)
-        out = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        out.update(input_ids=ids, attention_mask=mask)
-        for key in ("token_type_ids", "mm_token_type_ids"):
-            if key in inputs:
-                fill = self.family.answer_token_type if (key == "token_type_ids" and self.family.answer_token_type is not None and answer_type) else 0
-                out[key] = torch.cat([inputs[key], torch.full_like(completions, fill)], 1)
-        if not self.family.uses_mrope:  # Qwen computes its 3-D positions from the mask itself
-            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            out["position_ids"] = pos + self.family.position_offset
-        return out
-
     # ------------------------------------------------------------------ training / generation
     def forward(self, samples):
         inputs = self.prompt_inputs(samples)
@@ -300,43 +188,16 @@ class HFVLM(BaseModel):
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return {"loss": loss}
 
-    def _decode(self, ids):
-        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
     @torch.no_grad()
     def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
         """Greedy or beam-search answers with transformers' ``generate`` (KV cache)."""
         inputs = self.prompt_inputs(samples)
         width = inputs["input_ids"].shape[1]
         out = self.model.generate(
-            **inputs, max_new_tokens=int(max_len), min_new_tokens=int(min_len), num_beams=int(num_beams),
-            repetition_penalty=float(repetition_penalty), length_penalty=float(length_penalty), do_sample=False,
+            **inputs, **generate_kwargs(max_len, min_len, num_beams, repetition_penalty, length_penalty),
             eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppress_ids,
         )
         return self._decode(out[:, width:])
-
-    def completion_mask(self, tokens):
-        """1 up to and including the first end token of each row, 0 after it."""
-        is_end = torch.zeros_like(tokens, dtype=torch.bool)
-        for e in self.eos_ids:
-            is_end |= tokens == e
-        after = (is_end.long().cumsum(1) - is_end.long()) > 0  # strictly after the first end token
-        return (~after).float()
-
-    def repeat_inputs(self, inputs, n):
-        """Each image's prompt inputs ``n`` times, image-major (pixel rows follow their images)."""
-        if n == 1:
-            return inputs
-        out = {}
-        for k, v in inputs.items():
-            if not isinstance(v, torch.Tensor):
-                out[k] = v
-            elif k == "pixel_values" and self.family.uses_mrope:  # Qwen: patches of all images, concatenated
-                counts = inputs["image_grid_thw"].prod(-1).tolist()
-                out[k] = torch.cat([part for part in v.split(counts) for _ in range(n)])
-            else:
-                out[k] = v.repeat_interleave(n, 0)
-        return out
 
     def token_logprobs(self, inputs, tokens, mask, temperature=1.0, min_len=0, return_logits=False):
         """Per-token log-probs (with grad) of ``tokens`` (R, T) after the prompts ``inputs``, under
@@ -375,31 +236,14 @@ class HFVLM(BaseModel):
         logp, logits = self.token_logprobs(inputs, tokens, mask, temperature, min_len, return_logits)
         return SampleOutput(tokens, logp, mask, self._decode(tokens), logits)
 
-    def sample_inputs(self, samples, n):
-        """Prompt inputs repeated ``n`` times, for re-scoring samples with :meth:`token_logprobs` (GRPO)."""
-        return self.repeat_inputs(self.prompt_inputs(samples), n)
-
     # ------------------------------------------------------------------ persistence
     # (BaseModel.save_pretrained writes config.json, hf_config.json, tokenizer/ (the processor), model.safetensors)
-    LOCAL_PATH_KEYS = ("tokenizer_path", "pretrained")  # the saved folder is self-contained
-    SAVED_FILES = ("config.json", "hf_config.json")
-
-    def check_built(self):
-        self._require_model()
-
     def portable_config(self):
         return dict(super().portable_config(), family=self.family.name)
-
-    def hf_config_to_save(self):
-        return self.model.config
 
     def save_tokenizers(self, directory):
         self.processor.save_pretrained(str(directory))
 
     @classmethod
-    def saved_parts(cls, directory, cfg):
-        from transformers import AutoConfig
-
-        d = Path(directory)
-        hf = json.loads((d / "hf_config.json").read_text())
-        return {"processor": load_processor(d / PROCESSOR_DIR, str(d / PROCESSOR_DIR)), "hf_config": AutoConfig.for_model(**hf)}
+    def tokenizer_parts(cls, directory, option):
+        return {"processor": load_processor(directory, option)}

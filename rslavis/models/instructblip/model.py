@@ -25,7 +25,6 @@ Sample keys: ``image``, ``text_input`` (instruction; ``model.prompt`` when empty
 """
 
 import logging
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -33,7 +32,8 @@ from torch.nn import functional as F
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.lavis_keys import LAVIS_MODEL_KEYS
-from rslavis.models.base_model import local_pretrained_dir, model_dtype
+from rslavis.models.decoding import generate_kwargs
+from rslavis.models.hf_model import HFModel
 from rslavis.models.instructblip.parts import (  # noqa: F401  (re-exported for callers of the first version)
     DEFAULT_PROMPT,
     IMAGE_TOKEN,
@@ -46,7 +46,6 @@ from rslavis.models.instructblip.parts import (  # noqa: F401  (re-exported for 
     load_tokenizers,
     pad_rows,
     save_tokenizer_pair,
-    saved_instructblip_parts,
     tiny_hf_config,
 )
 
@@ -54,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 
 @registry.register_model("instructblip")
-class InstructBLIP(InstructBlipBase):
+class InstructBLIP(InstructBlipBase, HFModel):
     """InstructBLIP; config keys (see ``configs/models/instructblip/*.yaml``):
 
     ``pretrained`` (local InstructBLIP directory), ``tokenizer_path`` (LLM tokenizer with a
@@ -78,25 +77,17 @@ class InstructBLIP(InstructBlipBase):
     KEY_ALIASES = {"num_query_token": "num_query_tokens"}  # LAVIS's spelling
     MODEL_KEYS = LAVIS_MODEL_KEYS
     ARCH = "instructblip"
-    LOCAL_PATH_KEYS = ("tokenizer_path", "pretrained")  # the saved folder is self-contained
+    HF_CLASS = "InstructBlipForConditionalGeneration"
+    TINY_TYPES = tuple(TINY_LLM)
+    PRETRAINED_HINT = PRETRAINED_HINT
+    CHECKPOINT_KIND = "an InstructBLIP checkpoint"
 
     def __init__(self, cfg, tokenizer=None, qformer_tokenizer=None, hf_config=None):
         super().__init__(cfg)
-        self.model = None
         from rslavis.models import lavis_keys
 
-        lavis_keys.check_static(self.cfg, "instructblip")
-        model_type = self.cfg.get("model_type") or self.DEFAULT_MODEL_TYPE
-        if tokenizer is None and self.cfg.get("tokenizer_path"):
-            tokenizer, qformer_tokenizer = load_tokenizers(self.cfg["tokenizer_path"], "model.tokenizer_path")
-        pretrained = self.cfg.get("pretrained")
-        if pretrained and hf_config is None:
-            self._load_pretrained(pretrained, model_type, tokenizer, qformer_tokenizer)
-        elif tokenizer is not None:
-            self._build(tokenizer, qformer_tokenizer, hf_config)
-        elif model_type not in TINY_LLM:
-            hint = PRETRAINED_HINT.get(model_type, "an InstructBLIP checkpoint")
-            raise ConfigError(f"model.pretrained is not set for model_type {model_type!r}: give a local directory holding {hint} (nothing is downloaded).")
+        lavis_keys.check_static(self.cfg, self.ARCH)
+        self.build_or_load(hf_config, tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer)
 
     @property
     def is_encoder_decoder(self):
@@ -111,28 +102,22 @@ class InstructBLIP(InstructBlipBase):
         return self.model.vision_model
 
     # ------------------------------------------------------------------ building
-    def _load_pretrained(self, pretrained, model_type, tokenizer, qformer_tokenizer):
-        hint = PRETRAINED_HINT.get(model_type, "an InstructBLIP checkpoint")
-        p = local_pretrained_dir(pretrained, hint)
-        from transformers import InstructBlipForConditionalGeneration
+    def tiny_config(self, tokenizer, qformer_tokenizer):
+        return tiny_hf_config(self.cfg, tokenizer, qformer_tokenizer, add_image_token(tokenizer))
 
-        if tokenizer is None:
-            tokenizer, qformer_tokenizer = load_tokenizers(p, "model.pretrained")
-        dtype = model_dtype(self.cfg)
-        model = InstructBlipForConditionalGeneration.from_pretrained(str(p), local_files_only=True, dtype=dtype)
-        self._attach(model, tokenizer, qformer_tokenizer)
+    def _build(self, tokenizer, qformer_tokenizer=None, hf_config=None):
+        import transformers
 
-    def _build(self, tokenizer, qformer_tokenizer, hf_config=None):
-        from transformers import InstructBlipForConditionalGeneration
-
-        if qformer_tokenizer is None:
+        if qformer_tokenizer is None and self.QFORMER_TOKENIZER:
             raise ConfigError("instructblip needs a Q-Former tokenizer too (tokenizer_path/qformer_tokenizer).")
-        if hf_config is None:
-            image_token_id = add_image_token(tokenizer)
-            hf_config = tiny_hf_config(self.cfg, tokenizer, qformer_tokenizer, image_token_id)
-        self._attach(InstructBlipForConditionalGeneration(hf_config), tokenizer, qformer_tokenizer)
+        config = hf_config if hf_config is not None else self.tiny_config(tokenizer, qformer_tokenizer)
+        self._attach(getattr(transformers, self.HF_CLASS)(config), tokenizer, qformer_tokenizer)
 
-    def _attach(self, model, tokenizer, qformer_tokenizer):
+    def fitted_tokenizers(self, datasets):
+        tok, qtok = self.fit_tokenizers(datasets)
+        return {"tokenizer": tok, "qformer_tokenizer": qtok}
+
+    def _attach(self, model, tokenizer, qformer_tokenizer=None):
         """Image token, vocabulary size, LoRA and freezing on a built transformers model."""
         config = model.config
         if config.image_token_index is None:  # checkpoints saved before transformers used an image token
@@ -186,22 +171,7 @@ class InstructBLIP(InstructBlipBase):
         p = self.cfg.get("pretrained")
         return {"model.": str(p)} if p else {}
 
-    def prepare_for_training(self, datasets, output_dir):
-        """Tiny types: fit both tokenizers on the training text, build the model, save the tokenizers."""
-        if self.model is not None:
-            return
-        self._build(*self.fit_tokenizers(datasets))
-        if output_dir is not None:
-            from rslavis.common.dist_utils import is_main_process
-
-            if is_main_process():
-                self.save_tokenizers(Path(output_dir) / "tokenizer")
-
     # ------------------------------------------------------------------ inputs
-    def _require_model(self):
-        if self.model is None:
-            raise RslavisError("instructblip: the model is not built yet (set model.tokenizer_path or call prepare_for_training).")
-
     def llm_inputs(self, prompts, targets=None, padding_side="right"):
         """LLM ids with exactly ``num_query_tokens`` image tokens first.
 
@@ -240,7 +210,7 @@ class InstructBLIP(InstructBlipBase):
         bad = (counts != self.num_query_tokens).nonzero().flatten().tolist()
         if bad:
             raise RslavisError(
-                f"instructblip: LLM input row {bad[0]} has {int(counts[bad[0]])} image tokens, expected num_query_tokens="
+                f"{self.ARCH}: LLM input row {bad[0]} has {int(counts[bad[0]])} image tokens, expected num_query_tokens="
                 f"{self.num_query_tokens}; transformers would silently drop the image. Does an instruction contain {IMAGE_TOKEN!r}?"
             )
 
@@ -249,9 +219,11 @@ class InstructBLIP(InstructBlipBase):
         self._require_model()
         pixels = self._pixels(samples)
         prompts = self.instructions(samples, len(pixels))
-        q_ids, q_mask = self.qformer_inputs(prompts)
         llm = self.llm_inputs(prompts, targets, padding_side)
         self.check_image_tokens(llm["input_ids"])
+        if not self.QFORMER_TOKENIZER:  # BLIP-2: the Q-Former reads the image only
+            return {"pixel_values": pixels, **llm}
+        q_ids, q_mask = self.qformer_inputs(prompts)
         return {"pixel_values": pixels, "qformer_input_ids": q_ids, "qformer_attention_mask": q_mask, **llm}
 
     # ------------------------------------------------------------------ training / generation
@@ -269,27 +241,15 @@ class InstructBLIP(InstructBlipBase):
         """Greedy or beam-search answers/captions to the ``text_input`` instructions."""
         inputs = self.build_inputs(samples, padding_side="left")
         width = inputs["input_ids"].shape[1]
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=int(max_len),
-            min_new_tokens=int(min_len),
-            num_beams=int(num_beams),
-            repetition_penalty=float(repetition_penalty),
-            length_penalty=float(length_penalty),
-            do_sample=False,
-            **self._special_ids(),
-        )
+        settings = generate_kwargs(max_len, min_len, num_beams, repetition_penalty, length_penalty)
+        out = self.model.generate(**inputs, **settings, **self._special_ids())
         # decoder-only models return the prompt first; T5 returns decoder ids only
         return self._decode(out if self.is_encoder_decoder else out[:, width:])
 
     def image_features(self, inputs):
         """Projected Q-Former outputs ``(B, num_query_tokens, D_llm)``: what fills the image tokens."""
-        return self.model.get_image_features(
-            pixel_values=inputs["pixel_values"],
-            qformer_input_ids=inputs["qformer_input_ids"],
-            qformer_attention_mask=inputs["qformer_attention_mask"],
-            return_dict=True,
-        ).pooler_output
+        qformer = {k: inputs[k] for k in ("qformer_input_ids", "qformer_attention_mask") if k in inputs}
+        return self.model.get_image_features(pixel_values=inputs["pixel_values"], **qformer, return_dict=True).pooler_output
 
     def _embed(self, input_ids, features):
         """LLM input embeddings with the image tokens replaced by ``features`` (as transformers does)."""

@@ -1,11 +1,10 @@
 """What InstructBLIP and the models built on its vision front (RS-MoE, the VLM scorer) share.
 
 Module functions: the tiny ``InstructBlipConfig`` of a config section, the image
-placeholder token, the LLM + Q-Former tokenizer pair (load, save, fit on the training
-text), the files of a saved folder, padding. :class:`InstructBlipBase`: instruction
-defaulting, token ids, pixel checks, Q-Former inputs, persistence of the tokenizer pair
-and ``hf_config.json``, and answer ranking over the hooks ``answer_context`` and
-``candidate_logprobs``.
+placeholder token, the LLM + Q-Former tokenizer pair (load, save), padding.
+:class:`InstructBlipBase`: fitting the tokenizer pair on the training text, token ids,
+pixel checks, Q-Former inputs, persistence of the tokenizer pair and ``hf_config.json``,
+and answer ranking over the hooks ``answer_context`` and ``candidate_logprobs``.
 """
 
 import logging
@@ -16,7 +15,7 @@ import torch
 from rslavis.common.errors import ConfigError
 from rslavis.models.base_model import BaseModel
 from rslavis.models.encoders import local_path
-from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
+from rslavis.models.tokenization import dataset_texts, load_tokenizer, train_caption_tokenizer, training_texts  # noqa: F401  (dataset_texts re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -137,37 +136,6 @@ def save_tokenizer_pair(directory, tokenizer, qformer_tokenizer):
     qformer_tokenizer.save_pretrained(str(d / QFORMER_TOKENIZER_DIR))
 
 
-def saved_instructblip_parts(directory, tokenizer_dir=None, hf_config_file=None):
-    """``{tokenizer, qformer_tokenizer, hf_config}`` of a saved InstructBLIP-family folder."""
-    from transformers import InstructBlipConfig
-
-    d = Path(directory)
-    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else d / "tokenizer"
-    tok, qtok = load_tokenizers(tok_dir, option=str(tok_dir))
-    hf = InstructBlipConfig.from_json_file(str(hf_config_file or d / "hf_config.json"))
-    return {"tokenizer": tok, "qformer_tokenizer": qtok, "hf_config": hf}
-
-
-def dataset_texts(datasets):
-    """``(targets, instructions)`` of the training splits, read from records (no image is decoded)."""
-    targets, instructions = [], set()
-    for splits in datasets.values():
-        ds = splits.get("train")
-        if ds is None:
-            continue
-        if hasattr(ds, "all_captions"):
-            targets.extend(ds.all_captions())
-        if getattr(ds, "prompt", ""):
-            instructions.add(ds.prompt)
-        process = getattr(ds, "text_processor", None) or (lambda s: s)
-        for r in getattr(ds, "records", ()):
-            if r.get("prompt"):
-                instructions.add(r["prompt"])
-            if r.get("question"):
-                instructions.add(process(r["question"]))
-    return targets, sorted(instructions)
-
-
 def pad_rows(rows, value, side):
     """``(ids, mask)`` long tensors of ``rows`` padded with ``value`` on ``side``."""
     width = max(len(r) for r in rows)
@@ -190,6 +158,7 @@ class InstructBlipBase(BaseModel):
     ``instructblip_config`` (its ``InstructBlipConfig``), ``vision_model`` and ``_require_model``."""
 
     SAVED_FILES = ("config.json", "hf_config.json")
+    QFORMER_TOKENIZER = True  # False: the Q-Former reads no text (BLIP-2), there is one tokenizer
 
     def __init__(self, cfg):
         super().__init__(cfg, lazy=True)  # parameters appear only once the tokenizers exist
@@ -206,15 +175,12 @@ class InstructBlipBase(BaseModel):
     # ------------------------------------------------------------------ tokenizers
     def fit_tokenizers(self, datasets, extra_texts=()):
         """``(llm_tokenizer, qformer_tokenizer)`` fitted on the training text: the LLM's on targets,
-        instructions and ``extra_texts``, the Q-Former's on instructions."""
-        targets, instructions = dataset_texts(datasets)
-        if not targets:
-            raise ConfigError("model.tokenizer_path is not set and no training texts were found to fit the tokenizers on.")
-        instructions = sorted(set(instructions) | {self.prompt})
+        instructions and ``extra_texts``, the Q-Former's (None without :attr:`QFORMER_TOKENIZER`) on instructions."""
+        targets, instructions = training_texts(datasets, self.prompt, "tokenizers" if self.QFORMER_TOKENIZER else "tokenizer")
         vocab = int(self.cfg.get("tokenizer_vocab_size", 2000))
         tok = train_caption_tokenizer(targets + instructions + list(extra_texts), vocab_size=vocab)
-        qtok = train_caption_tokenizer(instructions, vocab_size=vocab)
-        logger.info("fitted tokenizers: LLM %d tokens (%d texts), Q-Former %d tokens", len(tok), len(targets) + len(instructions), len(qtok))
+        qtok = train_caption_tokenizer(instructions, vocab_size=vocab) if self.QFORMER_TOKENIZER else None
+        logger.info("fitted tokenizers: LLM %d tokens (%d texts), Q-Former %s tokens", len(tok), len(targets) + len(instructions), len(qtok) if qtok else "no")
         return tok, qtok
 
     # ------------------------------------------------------------------ inputs
@@ -230,12 +196,6 @@ class InstructBlipBase(BaseModel):
                 f"set the dataset's vis_processor image_size to {expected} (or model.vision.image_size for tiny types)."
             )
         return image.to(next(self.vision_model.parameters()).dtype)
-
-    def instructions(self, samples, n):
-        prompts = samples.get("text_input")
-        if prompts is None:
-            return [self.prompt] * n
-        return [p if (p and str(p).strip()) else self.prompt for p in prompts]
 
     def _ids(self, text, limit):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"][:limit] if text else []
@@ -255,9 +215,6 @@ class InstructBlipBase(BaseModel):
     def _position_ids(attention_mask):
         """Left padding: positions count attended tokens, as transformers' generate() does."""
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-    def _decode(self, ids):
-        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------ ranking
     def answer_context(self, samples):
@@ -291,8 +248,14 @@ class InstructBlipBase(BaseModel):
         return self.instructblip_config
 
     def save_tokenizers(self, directory):
-        save_tokenizer_pair(directory, self.tokenizer, self.qformer_tokenizer)
+        if self.qformer_tokenizer is None:
+            self.tokenizer.save_pretrained(str(directory))
+        else:
+            save_tokenizer_pair(directory, self.tokenizer, self.qformer_tokenizer)
 
     @classmethod
-    def saved_parts(cls, directory, cfg):
-        return saved_instructblip_parts(directory)
+    def tokenizer_parts(cls, directory, option):
+        if not cls.QFORMER_TOKENIZER:
+            return {"tokenizer": load_tokenizer(directory, option=option)}
+        tok, qtok = load_tokenizers(directory, option)
+        return {"tokenizer": tok, "qformer_tokenizer": qtok}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rslavis.common.errors import ConfigError
+from rslavis.models.base_model import model_dtype
 from rslavis.models.instructblip.parts import QFORMER_TOKENIZER_DIR, add_image_token, load_tokenizers, tiny_hf_config
 from rslavis.models.loading import load_weights
 from rslavis.models.rs_moe.router import InstructionRouter
@@ -20,7 +21,6 @@ from rslavis.models.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LLM1B_HINT = "a 1B-class causal LLM in Hugging Face layout (e.g. TinyLlama-1.1B, Qwen2.5-1.5B, OPT-1.3B)"
 
 
@@ -249,9 +249,7 @@ class ExpertBuilding:
         fd = Path(str(front_dir)).expanduser()
         if not fd.is_dir():
             raise ConfigError(f"model.front_from: directory not found: {fd} (a local InstructBLIP in Hugging Face layout, or an instructblip save_pretrained directory).")
-        dtype = DTYPES.get(str(self.cfg.get("dtype") or "float32"))
-        if dtype is None:
-            raise ConfigError(f"model.dtype: {self.cfg.get('dtype')!r} is unknown; valid: {', '.join(DTYPES)}.")
+        dtype = model_dtype(self.cfg)
         llm = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=dtype)
         tok = load_tokenizer(p, option="model.init_from")
         qtok = load_tokenizers(fd, "model.front_from")[1] if (fd / QFORMER_TOKENIZER_DIR).is_dir() else load_tokenizers(fd / "tokenizer", "model.front_from")[1]

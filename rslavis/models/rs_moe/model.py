@@ -49,7 +49,8 @@ import torch
 
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
-from rslavis.models.instructblip.parts import IMAGE_TOKEN, InstructBlipBase, load_tokenizers, pad_rows, saved_instructblip_parts
+from rslavis.models.base_model import read_hf_config
+from rslavis.models.instructblip.parts import IMAGE_TOKEN, InstructBlipBase, load_tokenizers, pad_rows
 from rslavis.models.loading import load_weights
 from rslavis.models.rs_moe.experts import LLM1B_HINT, ExpertBuilding, VisionFront, _read_json  # noqa: F401  (VisionFront re-exported)
 from rslavis.models.rs_moe.mixture import Encoded, MixtureDecoding
@@ -245,5 +246,6 @@ class RSMoE(ExpertBuilding, MixtureDecoding, InstructBlipBase):
         else:
             cfg = _read_json(run / ARCH_DIR / "config.json")
             cfg.pop("arch", None)
-            model = cls(cfg, **saved_instructblip_parts(run, tokenizer_dir=run / "tokenizer", hf_config_file=run / ARCH_DIR / "hf_config.json"))
+            parts = cls.tokenizer_parts(run / "tokenizer", str(run / "tokenizer"))
+            model = cls(cfg, **parts, hf_config=read_hf_config(run / ARCH_DIR / "hf_config.json"))
         return load_weights(model, p, "model.init_from")

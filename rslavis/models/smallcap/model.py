@@ -8,7 +8,6 @@ supervised), ``text_output`` (target caption).
 """
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +15,7 @@ from torch import nn
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
+from rslavis.models.decoding import generate_kwargs, sample_tokens
 from rslavis.models.encoders import local_path, build_vision_encoder, freeze
 from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
 
@@ -132,11 +132,7 @@ class SmallCap(BaseModel):
         tok = train_caption_tokenizer(captions, vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))
         self._build_text_side(tok)
         self.to(next(self.visual_encoder.parameters()).device)
-        if output_dir is not None:
-            from rslavis.common.dist_utils import is_main_process
-
-            if is_main_process():
-                tok.save_pretrained(str(Path(output_dir) / "tokenizer"))
+        self.save_run_tokenizers(output_dir)
         logger.info("trained a word-level tokenizer on %d captions: %d tokens", len(captions), len(tok))
 
     # ------------------------------------------------------------------ encoding
@@ -207,18 +203,12 @@ class SmallCap(BaseModel):
             input_ids=left,
             attention_mask=left_attn,
             encoder_hidden_states=enc,
-            max_new_tokens=max_len,
-            min_new_tokens=min_len,
-            num_beams=num_beams,
-            repetition_penalty=repetition_penalty,
-            length_penalty=length_penalty,
-            do_sample=False,
+            **generate_kwargs(max_len, min_len, num_beams, repetition_penalty, length_penalty),
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
         )
-        new = out[:, width:]
-        return [c.strip() for c in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return self._decode(out[:, width:])
 
     def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
         """``n`` captions per image sampled from the decoder (SCST), with per-token log-probs.
@@ -228,8 +218,6 @@ class SmallCap(BaseModel):
         gradients flow into ``logprobs``/``logits`` (encoder included). Dropout follows
         the module's train/eval mode.
         """
-        from rslavis.models.decoding import sample_tokens
-
         tok = self.tokenizer
         enc = self.encode_image(samples["image"]).repeat_interleave(n, 0)
         ids, attn = self._left_padded_prompts(samples, len(samples["image"]))
@@ -249,5 +237,4 @@ class SmallCap(BaseModel):
         res = sample_tokens(step, out.logits[:, -1], (attn, pos[:, -1:], out.past_key_values), max_len=max_len,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, temperature=temperature,
                             min_len=min_len, return_logits=return_logits, greedy=greedy, generator=generator)
-        captions = [c.strip() for c in tok.batch_decode(res.token_ids, skip_special_tokens=True)]
-        return res.to_sample_output(captions)
+        return res.to_sample_output(self._decode(res.token_ids))

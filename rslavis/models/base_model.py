@@ -118,13 +118,57 @@ class BaseModel(nn.Module):
     def forward(self, samples):
         raise NotImplementedError
 
-    @torch.no_grad()
-    def generate(self, samples, max_len=30, min_len=1, num_beams=1, **kwargs):
-        raise NotImplementedError
+    # ------------------------------------------------------------------ decoding over one step
+    STEP_LOGPROBS = False  # True: decoding_start/step give normalised log-probabilities (a mixture), not logits
 
-    def sample(self, samples, n=1, temperature=1.0, max_len=30, **kwargs) -> SampleOutput:
-        """Sample ``n`` captions per image autoregressively from the model's distribution."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement sample(); it cannot be trained with SCST.")
+    def decoding_start(self, samples, n):
+        """``(first (B*n, V), state)``: next-token logits after each sample's prompt, every sample's
+        row repeated ``n`` times (image-major), and the state :meth:`step` continues from."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither generate() nor decoding_start()/step().")
+
+    def step(self, tokens, state):
+        """``(logits (R, V), state)``: feed the tokens just chosen (R,), return the next position's logits."""
+        raise NotImplementedError(f"{type(self).__name__} defines no step().")
+
+    @classmethod
+    def can_sample(cls):
+        """Whether :meth:`sample` works: the model's own, or the default over :meth:`step`."""
+        return cls.sample is not BaseModel.sample or cls.step is not BaseModel.step
+
+    def _special_ids(self):
+        """``eos_token_id``/``pad_token_id`` of decoding (the tokenizer's by default)."""
+        return dict(eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
+        """Captions by beam search over :meth:`step` (``num_beams=1``: greedy), with
+        :func:`rslavis.models.decoding.beam_search`; models on transformers' ``generate`` override it."""
+        from rslavis.models.decoding import beam_search
+
+        nb = max(1, int(num_beams))
+        first, state = self.decoding_start(samples, nb)
+        ids = beam_search(
+            self.step, first, state, batch_size=len(first) // nb, num_beams=nb, max_len=int(max_len), min_len=int(min_len),
+            repetition_penalty=float(repetition_penalty), length_penalty=float(length_penalty), logprobs=self.STEP_LOGPROBS,
+            **self._special_ids(),
+        )
+        return self._decode(ids)
+
+    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs) -> SampleOutput:
+        """``n`` captions per image (rows image-major) sampled over :meth:`step` with
+        :func:`rslavis.models.decoding.sample_tokens` (its conventions: ``softmax(logits /
+        temperature)`` over the full vocabulary, per-token log-probs with grad, mask up to and
+        including EOS); SCST and best-of-N call it."""
+        if type(self).step is BaseModel.step:
+            raise NotImplementedError(f"{type(self).__name__} does not implement sample() or step(); it cannot be trained with SCST.")
+        from rslavis.models.decoding import sample_tokens
+
+        first, state = self.decoding_start(samples, n)
+        res = sample_tokens(
+            self.step, first, state, max_len=int(max_len), temperature=float(temperature), min_len=int(min_len),
+            return_logits=return_logits, greedy=greedy, generator=generator, **self._special_ids(),
+        )
+        return res.to_sample_output(self._decode(res.token_ids))
 
     def prepare_for_training(self, datasets, output_dir):
         """Hook run once before training (e.g. fit a tokenizer on the training captions)."""

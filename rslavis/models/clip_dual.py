@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import PACKAGE_ROOT, BaseModel
@@ -54,10 +53,9 @@ class ClipDualEncoder(BaseModel):
     DEFAULT_MODEL_TYPE = "tiny"
 
     def __init__(self, cfg):
-        super().__init__()
+        super().__init__(cfg)
         import open_clip
 
-        self.cfg = dict(to_plain(cfg) or {})
         self.arch = str(self.cfg.get("clip_arch") or "rs_clip_tiny")
         self.model_config = None
         if self.cfg.get("model_config"):

@@ -11,23 +11,21 @@ A model that does not delegate to transformers' ``generate`` supplies only
 log-probabilities for SCST and best-of-N; :func:`beam_search` keeps ``num_beams``
 hypotheses per input and reorders ``state`` with :func:`reorder_state` (tensors are
 indexed, transformers caches reordered in place) or the model's own ``reorder``.
-How a model implements ``sample``::
+A model supplies them as :meth:`~rslavis.models.base_model.BaseModel.decoding_start` and
+:meth:`~rslavis.models.base_model.BaseModel.step`; ``BaseModel.generate`` (beam search) and
+``BaseModel.sample`` then need nothing else::
 
-    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, **kw):
+    def decoding_start(self, samples, n):
         enc = self.encode_image(samples["image"]).repeat_interleave(n, 0)   # image-major rows
         ids, attn = <prompt ids of each image>.repeat_interleave(n, 0)      # left-padded
         out = self.decoder(input_ids=ids, attention_mask=attn, encoder_hidden_states=enc, use_cache=True)
+        return out.logits[:, -1], (attn, out.past_key_values, enc)
 
-        def step(tokens, state):
-            attn, cache = state
-            attn = torch.cat([attn, attn.new_ones(len(attn), 1)], 1)
-            o = self.decoder(input_ids=tokens[:, None], attention_mask=attn, past_key_values=cache, ...)
-            return o.logits[:, -1], (attn, o.past_key_values)
-
-        res = sample_tokens(step, out.logits[:, -1], (attn, out.past_key_values), max_len=max_len,
-                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                            temperature=temperature, min_len=min_len, return_logits=return_logits)
-        return res.to_sample_output(tok.batch_decode(res.token_ids, skip_special_tokens=True))
+    def step(self, tokens, state):
+        attn, cache, enc = state
+        attn = torch.cat([attn, attn.new_ones(len(attn), 1)], 1)
+        o = self.decoder(input_ids=tokens[:, None], attention_mask=attn, past_key_values=cache, encoder_hidden_states=enc, ...)
+        return o.logits[:, -1], (attn, o.past_key_values, enc)
 
 Run it with grad enabled (the SCST loss backpropagates through ``logprobs`` and
 ``logits``); it is also correct under ``torch.no_grad()``. Decoder-only LLMs with

@@ -112,9 +112,8 @@ class BestOfN:
     @torch.no_grad()
     def select(self, model, samples, generation_kwargs):
         """The chosen caption (answer) of every sample."""
-        from rslavis.models.base_model import BaseModel
-
-        if getattr(type(model), "sample", BaseModel.sample) is BaseModel.sample:
+        can_sample = getattr(type(model), "can_sample", None)
+        if not (can_sample() if can_sample is not None else hasattr(model, "sample")):
             raise ConfigError(f"run.inference_method best_of_n: {type(model).__name__} has no sample(); use generate.")
         if self.generator is None:
             self.start()

@@ -20,8 +20,9 @@ import torch
 
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
-from rslavis.models.decoding import generate_kwargs, sample_tokens
+from rslavis.models.decoding import generate_kwargs
 from rslavis.models.hf_model import HFModel
+from rslavis.models.instructblip.parts import pad_rows
 from rslavis.models.tokenization import train_caption_tokenizer, training_texts
 
 logger = logging.getLogger(__name__)
@@ -159,12 +160,7 @@ class BLIP(HFModel):
         prefix = self.prompt_ids()
         # LAVIS's text processor already put the prompt in front of the caption: not twice
         rows = [prefix + self._ids(strip_prompt(t, self.prompt))[: self.max_txt_len] + [self.sep_id] for t in targets]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = pad_rows(rows, self.pad_id, "right")
         labels = ids.masked_fill(mask == 0, -100)
         labels[:, : len(prefix)] = -100  # the prompt is given, not learnt (LAVIS)
         return ids.to(self.device), mask.to(self.device), labels.to(self.device)
@@ -184,22 +180,20 @@ class BLIP(HFModel):
         out = self.model.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids), **settings)
         return self._decode(out[:, len(prefix) :])
 
-    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
-        """``n`` captions per image for SCST through :func:`rslavis.models.decoding.sample_tokens`
-        (the text decoder with its KV cache; rows image-major)."""
+    def _special_ids(self):
+        return dict(eos_token_id=self.sep_id, pad_token_id=self.pad_id)
+
+    def decoding_start(self, samples, n):
+        """SCST sampling (``BaseModel.sample``) runs the text decoder with its KV cache after ``[BOS] prompt``."""
         pixels = self._pixels(samples)
         image = self.model.vision_model(pixel_values=pixels).last_hidden_state.repeat_interleave(n, 0)
         image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
         ids = torch.tensor([self.prompt_ids()] * len(image), device=self.device)
-        dec = self.model.text_decoder
-        out = dec(input_ids=ids, encoder_hidden_states=image, encoder_attention_mask=image_mask, use_cache=True)
+        out = self.model.text_decoder(input_ids=ids, encoder_hidden_states=image, encoder_attention_mask=image_mask, use_cache=True)
+        return out.logits[:, -1], (out.past_key_values, image, image_mask)
 
-        def step(tokens, cache):
-            o = dec(input_ids=tokens[:, None], encoder_hidden_states=image, encoder_attention_mask=image_mask, past_key_values=cache, use_cache=True)
-            return o.logits[:, -1], o.past_key_values
-
-        res = sample_tokens(
-            step, out.logits[:, -1], out.past_key_values, max_len=int(max_len), eos_token_id=self.sep_id, pad_token_id=self.pad_id,
-            temperature=float(temperature), min_len=int(min_len), return_logits=return_logits, greedy=greedy, generator=generator,
-        )
-        return res.to_sample_output(self._decode(res.token_ids))
+    def step(self, tokens, state):
+        cache, image, image_mask = state
+        o = self.model.text_decoder(input_ids=tokens[:, None], encoder_hidden_states=image, encoder_attention_mask=image_mask,
+                                    past_key_values=cache, use_cache=True)
+        return o.logits[:, -1], (o.past_key_values, image, image_mask)

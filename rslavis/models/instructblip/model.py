@@ -232,10 +232,6 @@ class InstructBLIP(InstructBlipBase, HFModel):
         out = self.model(**inputs)
         return {"loss": out.loss}
 
-    def _special_ids(self):
-        tok = self.tokenizer
-        return dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-
     @torch.no_grad()
     def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
         """Greedy or beam-search answers/captions to the ``text_input`` instructions."""
@@ -272,15 +268,10 @@ class InstructBLIP(InstructBlipBase, HFModel):
         out = lm(inputs_embeds=full, attention_mask=full_mask, position_ids=self._position_ids(full_mask))
         return out.logits[:, width - 1 : width - 1 + targets.shape[1]]
 
-    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
-        """``n`` captions per image for SCST, sampled token by token with the LLM's KV cache through
-        :func:`rslavis.models.decoding.sample_tokens` (its conventions: ``softmax(logits /
-        temperature)`` over the full vocabulary, mask up to and including EOS). Rows are
-        image-major. Gradients reach ``logprobs``/``logits`` through the LLM, the projection
-        and the Q-Former; dropout follows the module's train/eval mode.
-        """
-        from rslavis.models.decoding import sample_tokens
-
+    def decoding_start(self, samples, n):
+        """SCST sampling (``BaseModel.sample``) runs the LLM token by token with its KV cache;
+        gradients reach ``logprobs``/``logits`` through the LLM, the projection and the
+        Q-Former; dropout follows the module's train/eval mode."""
         inputs = self.build_inputs(samples, padding_side="left")
         features = self.image_features(inputs).repeat_interleave(n, 0)
         ids = inputs["input_ids"].repeat_interleave(n, 0)
@@ -291,30 +282,22 @@ class InstructBLIP(InstructBlipBase, HFModel):
             encoded = lm.get_encoder()(inputs_embeds=embeds, attention_mask=attn, return_dict=True)
             start = ids.new_full((len(ids), 1), self.model.config.text_config.decoder_start_token_id)
             out = lm(encoder_outputs=encoded, attention_mask=attn, decoder_input_ids=start, use_cache=True)
+            return out.logits[:, -1], (encoded, attn, out.past_key_values)
+        pos = self._position_ids(attn)  # left padding: positions count attended tokens, as generate() does
+        out = lm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True)
+        return out.logits[:, -1], (attn, pos[:, -1:], out.past_key_values)
 
-            def step(tokens, cache):
-                o = lm(encoder_outputs=encoded, attention_mask=attn, decoder_input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
-                return o.logits[:, -1], o.past_key_values
-
-            state = out.past_key_values
-        else:
-            pos = self._position_ids(attn)  # left padding: positions count attended tokens, as generate() does
-            out = lm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True)
-
-            def step(tokens, state):
-                mask, last_pos, cache = state
-                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
-                last_pos = last_pos + 1
-                o = lm(input_ids=tokens[:, None], attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
-                return o.logits[:, -1], (mask, last_pos, o.past_key_values)
-
-            state = (attn, pos[:, -1:], out.past_key_values)
-        tok = self.tokenizer
-        res = sample_tokens(
-            step, out.logits[:, -1], state, max_len=int(max_len), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            temperature=float(temperature), min_len=int(min_len), return_logits=return_logits, greedy=greedy, generator=generator,
-        )
-        return res.to_sample_output(self._decode(res.token_ids))
+    def step(self, tokens, state):
+        lm = self.model.language_model
+        if self.is_encoder_decoder:
+            encoded, attn, cache = state
+            o = lm(encoder_outputs=encoded, attention_mask=attn, decoder_input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+            return o.logits[:, -1], (encoded, attn, o.past_key_values)
+        mask, last_pos, cache = state
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+        last_pos = last_pos + 1
+        o = lm(input_ids=tokens[:, None], attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
+        return o.logits[:, -1], (mask, last_pos, o.past_key_values)
 
     def answer_context(self, samples):
         inputs = self.build_inputs(samples, padding_side="left")

@@ -61,8 +61,15 @@ class MixtureDecoding:
         ks = sorted(per)
         return fuse([per[k] for k in ks], enc.gates[:, ks], self.fusion)
 
-    def _start(self, enc):
-        """First mixture log-probs (R, V) after every active expert's prefix, and the decoding state."""
+    # ------------------------------------------------------------------ decoding (BaseModel.generate/sample over step)
+    STEP_LOGPROBS = True  # the mixture's normalised log-probabilities, not logits
+
+    def decoding_start(self, samples, n):
+        """First mixture log-probs (R, V) after every active expert's prefix (each sample ``n``
+        times), and the decoding state; ``BaseModel.sample`` draws from the mixture (logprobs
+        with gradients to the router, the projections, the trainable front and the LoRA
+        adapters), ``BaseModel.generate`` beam-searches it."""
+        enc = self.encode(samples).repeat_interleave(n)
         ks = self._active(enc.gates)
         logits, caches = [], {}
         for k in ks:
@@ -74,7 +81,7 @@ class MixtureDecoding:
         gates = enc.gates[:, ks]
         return fuse(logits, gates, self.fusion), (caches, gates)
 
-    def _step(self, tokens, state):
+    def step(self, tokens, state):
         caches, gates = state
         logits, new = [], {}
         for k, (mask, last, cache) in caches.items():
@@ -84,40 +91,6 @@ class MixtureDecoding:
             logits.append(o.logits[:, -1])
             new[k] = (mask, last, o.past_key_values)
         return fuse(logits, gates, self.fusion), (new, gates)
-
-    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
-        """``n`` captions per image (image-major rows) sampled from the mixture with
-        :func:`rslavis.models.decoding.sample_tokens`; ``logprobs``/``logits`` are those of the
-        mixture (scaled by ``temperature``), with gradients to the router, the projections,
-        the trainable front and the LoRA adapters."""
-        from rslavis.models.decoding import sample_tokens
-
-        enc = self.encode(samples).repeat_interleave(n)
-        first, state = self._start(enc)
-        tok = self.tokenizer
-        res = sample_tokens(
-            self._step, first, state, max_len=int(max_len), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            temperature=float(temperature), min_len=int(min_len), return_logits=return_logits, greedy=greedy, generator=generator,
-        )
-        return res.to_sample_output(self._decode(res.token_ids))
-
-    @torch.no_grad()
-    def generate(self, samples, max_len=30, min_len=1, num_beams=1, repetition_penalty=1.0, length_penalty=1.0, **kwargs):
-        """Beam search over the mixture's log-probabilities (``num_beams=1``: greedy), with
-        :func:`rslavis.models.decoding.beam_search` (finished beams kept at no cost, best final
-        beam by ``sum log p / length**length_penalty``)."""
-        from rslavis.models.decoding import beam_search
-
-        enc = self.encode(samples)
-        b, nb = len(enc.prompts), max(1, int(num_beams))
-        logp, state = self._start(enc.repeat_interleave(nb))
-        tok = self.tokenizer
-        out = beam_search(
-            self._step, logp, state, batch_size=b, num_beams=nb, max_len=int(max_len), eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, min_len=int(min_len), repetition_penalty=float(repetition_penalty),
-            length_penalty=float(length_penalty), logprobs=True,
-        )
-        return self._decode(out)
 
     # ------------------------------------------------------------------ ranking (InstructBlipBase.rank_answers)
     def answer_context(self, samples):

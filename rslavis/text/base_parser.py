@@ -51,6 +51,8 @@ VAGUE_WORDS = {
 }
 DEFINITE_WORDS = {"the", "this", "that", "these", "those", "its", "their", "his", "her", "our", "my", "your"}
 SKIP_POS = {"ADJ", "ADV"}
+# colour words are skipped like adjectives even when tagged as nouns ("a piece of green ocean")
+COLOUR_WORDS = frozenset("green white grey gray blue red orange khaki cyan brown silver cream yellow black dark light".split())
 NOUN_POS = ("NOUN", "PROPN")
 # parts of speech no compound spans and no quantifier search crosses
 BLOCK_POS = frozenset(("PUNCT", "NUM", "DET", "ADP", "CCONJ", "AUX", "PRON"))
@@ -182,7 +184,7 @@ class BaseCaptionParser:
                         return "exact", value
                     return "vague", None
                 return "none", None
-            if t.pos in SKIP_POS or t.modifier or t.participle or w in ("-", "'s"):
+            if t.pos in SKIP_POS or t.modifier or t.participle or w in ("-", "'s") or w in COLOUR_WORDS:
                 j -= 1
                 skipped += 1
                 continue
@@ -237,9 +239,22 @@ def combine_mentions(mentions):
     """Rule 3: ``{name: count or None}`` from ``[(name, kind, value)]`` (order does not matter)."""
     by_name = {}
     for name, kind, value in mentions:
-        by_name.setdefault(name, []).append((kind, value))
+        if name in by_name:
+            by_name[name].append((kind, value))
+        else:
+            by_name[name] = [(kind, value)]
     out = {}
     for name, ms in by_name.items():
+        if len(ms) == 1:  # the common case: one mention
+            kind, value = ms[0]
+            if kind == "vague":
+                out[name] = None
+            elif kind == "exact":
+                if value > 0:
+                    out[name] = min(value, MAX_COUNT)
+            else:
+                out[name] = 1
+            continue
         kinds = {k for k, _ in ms}
         if "vague" in kinds:
             out[name] = None

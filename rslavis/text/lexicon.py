@@ -15,8 +15,12 @@ and test splits stay held out (``bench/parser_agreement.py`` reports both):
 - ``mod``: ``"word next"`` pairs whose "modifies the next noun" flag (spaCy's
   ``compound`` dependency) differs from the default rule (a noun before a noun is a
   modifier);
-- ``suffix``: part of speech of unknown words by their last three letters (learnt on
-  rare training words, which look like unknown ones).
+- ``ambiguous``, ``weights``: for words spaCy tags in more than one way (at least 1% of
+  their uses), the tags and an averaged perceptron over the neighbouring words and tags
+  (:func:`context_features`) that picks one;
+- ``suffix``, ``oov_context``: part of speech of unknown words by their last three letters
+  and by the parts of speech around them (learnt on rare training words, which look like
+  unknown ones).
 
 Rebuild it (needs spaCy, its English pipeline and the data) with
 ``python -m rslavis.text.lexicon --data ../shared/data``; the file ships as
@@ -101,6 +105,15 @@ def build_tables(tagged, min_count=2):
     for w, c in uni.items():
         if sum(c.values()) <= 2 and w.isalpha() and len(w) > 3:
             suffix[w[-3:]][words[w][0]] += 1
+    # parts of speech of rare words between two given parts of speech ("is ... ." is an adjective)
+    oov_ctx = defaultdict(Counter)
+    rare = {w for w, c in uni.items() if sum(c.values()) <= 2 and w.isalpha() and len(w) > 3}
+    for toks in tagged:
+        for i, t in enumerate(toks):
+            if t.text in rare:
+                pp = upos[toks[i - 1].text] if i else "PUNCT"
+                np_ = upos[toks[i + 1].text] if i + 1 < len(toks) else "PUNCT"
+                oov_ctx[f"{pp} {np_}"][t.pos] += 1
     ambiguous = {}
     for w, c in uni.items():
         total = sum(c.values())
@@ -117,6 +130,8 @@ def build_tables(tagged, min_count=2):
         "right_pos": exceptions(rpos, lambda k: k.split(" ")[0]),
         "mod": mods,
         "suffix": {s: c.most_common(1)[0][0] for s, c in suffix.items() if sum(c.values()) >= 2},
+        "oov_context": {k: c.most_common(1)[0][0] for k, c in oov_ctx.items()
+                        if sum(c.values()) >= 5 and c.most_common(1)[0][1] >= 0.6 * sum(c.values())},
     }
     from rslavis.text.synonyms import SynonymTable
 
@@ -125,37 +140,38 @@ def build_tables(tagged, min_count=2):
     return tables
 
 
-def context_features(ws, upos, i, hard, first=True):
-    """Features of token ``i`` for the ambiguous-word classifier: the words and tags up to two
-    either side, never beyond a neighbouring ``hard`` word (see :func:`hard_words`), so that a
-    tag depends only on its own segment of the caption and the rules parser can cache segments."""
+def context_features(ws, upos, i, hard=(), first=True):
+    """Features of token ``i`` for the ambiguous-word classifier: its neighbours' words and
+    tags (one either side, so a tag depends only on its segment of the caption, see
+    :func:`hard_words`) and whether it starts the caption."""
     n = len(ws)
-    p = ws[i - 1] if i > 0 else "<s>"
+    p = ws[i - 1] if i > 0 else ("<s>" if first else "<b>")
     nx = ws[i + 1] if i + 1 < n else "</s>"
     pp = upos[i - 1] if i > 0 else "S"
     np_ = upos[i + 1] if i + 1 < n else "E"
-    if i > 1 and p not in hard:
-        p2, p2p = ws[i - 2], upos[i - 2]
-    else:
-        p2, p2p = ("<b>", "B") if i > 1 or (i == 1 and not first) else ("<s>", "S")
-    if i + 2 < n and nx not in hard:
-        n2, n2p = ws[i + 2], upos[i + 2]
-    else:
-        n2, n2p = ("<b>", "B") if i + 2 < n or (i + 1 < n and nx in hard) else ("</s>", "E")
-    return (
-        "b", "p=" + p, "n=" + nx, "p2=" + p2, "n2=" + n2, "pp=" + pp, "np=" + np_, "p2p=" + p2p, "n2p=" + n2p,
-        "ppnp=" + pp + np_, "pp2=" + p2p + pp, "np2=" + np_ + n2p, "first" if (i == 0 and first) else "notfirst",
-        "ns=" + nx[-2:],
-    )
+    return ("b", "p=" + p, "n=" + nx, "pp=" + pp, "np=" + np_, "ppnp=" + pp + np_,
+            "first" if (i == 0 and first) else "notfirst", "ns=" + nx[-2:], "pn=" + p + " " + nx)
 
 
-def hard_words(tables, compound_words=()):
+def boundary_tag(w, tag):
+    """Whether a word tagged ``tag`` (lexicon or :data:`~rslavis.text.base_parser.Tok` order:
+    pos, lemma, plural, participle) stops every rule: a part of speech of ``BLOCK_POS`` or a
+    form of "be", no participle, its lemma no quantity noun."""
+    from rslavis.text.base_parser import BLOCK_LEMMAS, BLOCK_POS
+    from rslavis.text.synonyms import QUANTITY_NOUNS
+
+    lemma = tag[1] or w
+    return (tag[0] in BLOCK_POS or lemma in BLOCK_LEMMAS) and not tag[3] and lemma not in QUANTITY_NOUNS
+
+
+def hard_words(tables, compound_words=(), with_semi=False):
     """Words after which no rule of :mod:`rslavis.text.base_parser` looks back and before which
-    none looks forward: in every context the lexicon can tag them in, a part of speech of
-    ``BLOCK_POS`` or a form of "be" (never a noun, adjective, adverb, participle or noun
-    modifier); not a word the quantity rules read through ("of", "-", "'s", quantity nouns),
-    not a number word with more than one part of speech, not part of a compound."""
-    from rslavis.text.base_parser import BLOCK_LEMMAS, BLOCK_POS, NUMBER_WORDS
+    none looks forward: in every context the lexicon can tag them in, a :func:`boundary_tag`
+    (never a noun, adjective, adverb, participle or noun modifier); not a word the quantity
+    rules read through ("of", "-", "'s", quantity nouns), not a number word with more than one
+    part of speech, not part of a compound. With ``with_semi``, also the words that are
+    boundaries in some contexts only ("to", "near"), as ``(hard, semi)``."""
+    from rslavis.text.base_parser import NUMBER_WORDS
     from rslavis.text.synonyms import QUANTITY_NOUNS
 
     possible = {w: [t] for w, t in tables["words"].items()}
@@ -165,16 +181,18 @@ def hard_words(tables, compound_words=()):
     for w, tags in tables.get("ambiguous", {}).items():
         possible.setdefault(w, []).extend(tags)
     modifiers = {k.split(" ")[0] for k, v in tables["mod"].items() if v}
-    out = set()
+    hard, semi = set(), set()
     for w, tags in possible.items():
-        if w not in tables["words"] or w in modifiers or w in compound_words or w in QUANTITY_NOUNS:
+        if w not in tables["words"] or w in compound_words or w in QUANTITY_NOUNS:
             continue
         if w in ("-", "'s", "of", "dozen") or (w in NUMBER_WORDS and len({t[0] for t in tags}) > 1):
             continue
-        if all((t[0] in BLOCK_POS or (t[1] or w) in BLOCK_LEMMAS) and not t[3]
-               and (t[1] or w) not in QUANTITY_NOUNS for t in tags):
-            out.add(w)
-    return out
+        ok = [boundary_tag(w, t) for t in tags]
+        if all(ok) and w not in modifiers:
+            hard.add(w)
+        elif any(ok):
+            semi.add(w)
+    return (hard, semi) if with_semi else hard
 
 
 def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):

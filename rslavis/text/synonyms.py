@@ -199,21 +199,28 @@ class SynonymTable:
                       | {t for t in self.to_canonical if " " not in t})
         self.nouns -= self.non_objects
         self._known = sorted(set(self.to_canonical) | self.nouns | self.compounds)
+        self._known_by_len = {}
+        for k in self._known:
+            self._known_by_len.setdefault(len(k), []).append(k)
         self._fuzzy_cache = {}
         self._same_cache = {}
         self.compound_first_words = {c.split()[0] for c in self.compounds}  # for taggers, once
 
     def fuzzy(self, word):
-        """The known name closest to ``word`` (typo repair), or None."""
+        """The known name closest to ``word`` (typo repair), or None.
+
+        The same answer as ``difflib.get_close_matches(word, known, 1, fuzzy_cutoff)`` (then
+        one swap of adjacent letters), looking only at names of a length that can reach the
+        cutoff: a new word costs tens of candidates, not the whole vocabulary.
+        """
         if word in self._fuzzy_cache:
             return self._fuzzy_cache[word]
         found = None
         if len(word) >= 4 and self.fuzzy_cutoff < 1.0:
-            close = difflib.get_close_matches(word, self._known, n=1, cutoff=self.fuzzy_cutoff) if len(word) >= 5 else []
-            if close:
-                found = close[0]
-            else:
-                for k in self._known:
+            if len(word) >= 5:
+                found = self._close_match(word)
+            if found is None:
+                for k in self._known_by_len.get(len(word), ()):
                     if _one_swap(word, k):
                         found = k
                         break
@@ -221,6 +228,23 @@ class SynonymTable:
             self._fuzzy_cache.clear()
         self._fuzzy_cache[word] = found
         return found
+
+    def _close_match(self, word):
+        cutoff = self.fuzzy_cutoff
+        lw = len(word)
+        m = difflib.SequenceMatcher()
+        m.set_seq2(word)
+        best = None
+        for length, names in self._known_by_len.items():
+            if 2.0 * min(lw, length) / (lw + length) < cutoff:  # = real_quick_ratio's bound
+                continue
+            for x in names:
+                m.set_seq1(x)
+                if m.quick_ratio() >= cutoff:
+                    r = m.ratio()
+                    if r >= cutoff and (best is None or (r, x) > best):
+                        best = (r, x)
+        return best[1] if best else None
 
     def compound(self, phrase):
         """The known compound ``phrase`` names (exactly, or with a typo in its modifier), or None."""
@@ -263,17 +287,27 @@ class SynonymTable:
 
         Equal names, fuzzy-equal names (difflib ratio >= ``fuzzy_cutoff``), or a compound
         and its bare head noun ("storage tank" and "tank", "tennis court" and "court").
+        Answers are memoised per pair: the rewards ask the same pairs at every step.
         """
         if a == b:
             return True
+        key = (a, b)
+        hit = self._same_cache.get(key)
+        if hit is None:
+            if len(self._same_cache) > 200000:
+                self._same_cache.clear()
+            hit = self._same_cache[key] = self._same_uncached(a, b)
+        return hit
+
+    def _same_uncached(self, a, b):
         if " " in a and a.rsplit(" ", 1)[1] == b or " " in b and b.rsplit(" ", 1)[1] == a:
             return True
-        if self.fuzzy_cutoff < 1.0 and min(len(a), len(b)) >= 5:
-            key = (a, b)
-            hit = self._same_cache.get(key)
-            if hit is None:  # difflib is the slow part of matching: memoise per pair
-                if len(self._same_cache) > 200000:
-                    self._same_cache.clear()
-                hit = self._same_cache[key] = difflib.SequenceMatcher(None, a, b).ratio() >= self.fuzzy_cutoff or _one_swap(a, b)
-            return hit
-        return False
+        la, lb = len(a), len(b)
+        if self.fuzzy_cutoff >= 1.0 or min(la, lb) < 5:
+            return False
+        if la == lb and _one_swap(a, b):
+            return True
+        if 2.0 * min(la, lb) / (la + lb) < self.fuzzy_cutoff:  # difflib's ratio cannot reach the cutoff
+            return False
+        m = difflib.SequenceMatcher(None, a, b)
+        return m.real_quick_ratio() >= self.fuzzy_cutoff and m.quick_ratio() >= self.fuzzy_cutoff and m.ratio() >= self.fuzzy_cutoff

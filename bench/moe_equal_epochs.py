@@ -16,7 +16,7 @@ Each run keeps its best validation checkpoint and reports test CIDEr and Bleu_4 
 seconds of each run (a stage's steps cost about K times a dense step, see
 ``bench/moe_cost.py``). Nothing is tuned toward a result.
 
-    OMP_NUM_THREADS=1 python bench/moe_equal_epochs.py [--seeds 0] [--train 300] [--dense-epochs 3] [--stage1-epochs 2] [--stage2-epochs 1]
+    OMP_NUM_THREADS=1 python bench/moe_equal_epochs.py [--seeds 0 1] [--train 300] [--dense-epochs 3] [--stage1-epochs 2] [--stage2-epochs 1]
 """
 
 import argparse
@@ -47,7 +47,7 @@ def run(project, out, job, options):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--train", type=int, default=300, help="synthetic training scenes (5 captions each)")
     ap.add_argument("--val", type=int, default=50)
     ap.add_argument("--test", type=int, default=100)

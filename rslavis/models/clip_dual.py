@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import PACKAGE_ROOT, BaseModel
+from rslavis.models.contrastive import info_nce
 from rslavis.models.encoders import local_path
 
 logger = logging.getLogger(__name__)
@@ -34,17 +35,6 @@ def resolve_model_config(path):
     if not p.is_file() and not p.is_absolute() and (PACKAGE_ROOT / p).is_file():
         p = PACKAGE_ROOT / p
     return local_path(p, "model.model_config", want_dir=False)
-
-
-def info_nce(img, txt, logit_scale, same=None):
-    """Symmetric InfoNCE over L2-normalised ``img``/``txt`` (B, D); ``same[i, j]`` (off-diagonal) removes pair i, j from the negatives."""
-    logits = logit_scale * img @ txt.t()
-    if same is not None:
-        same = same.clone()
-        same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, float("-inf"))
-    target = torch.arange(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 @registry.register_model("clip_dual_encoder")

@@ -31,6 +31,12 @@ class HFModel(BaseModel):
     def model_type(self):
         return self.cfg.get("model_type") or self.DEFAULT_MODEL_TYPE
 
+    def hf_class(self):
+        """The transformers class named by ``HF_CLASS``."""
+        import transformers
+
+        return getattr(transformers, self.HF_CLASS)
+
     def pretrained_hint(self):
         return self.PRETRAINED_HINT.get(self.model_type, self.CHECKPOINT_KIND)
 
@@ -48,10 +54,7 @@ class HFModel(BaseModel):
             p = self.pretrained_dir()
             if tokenizers.get(self.TOKENIZER_ARG) is None:
                 tokenizers = self.tokenizer_parts(p, "model.pretrained")
-            import transformers
-
-            hf_class = getattr(transformers, self.HF_CLASS)
-            self._attach(hf_class.from_pretrained(str(p), local_files_only=True, dtype=model_dtype(self.cfg)), **tokenizers)
+            self._attach(self.hf_class().from_pretrained(str(p), local_files_only=True, dtype=model_dtype(self.cfg)), **tokenizers)
         elif tokenizers.get(self.TOKENIZER_ARG) is not None:
             self._build(**tokenizers, hf_config=hf_config)
         elif self.model_type not in self.TINY_TYPES:

@@ -67,6 +67,24 @@ def test_local_hugging_face_directory_as_pretrained(arch, make, tmp_path):
     assert loaded.generate(samples, max_len=8) == TEXTS[:2]
 
 
+@pytest.mark.parametrize("arch,make", CASES, ids=[c[0] for c in CASES])
+def test_a_model_loaded_from_a_checkpoint_saves_self_contained(arch, make, tmp_path):
+    """save_pretrained of a model read from model.pretrained: hf_config.json (not the config's tiny sizes) rebuilds it."""
+    hf = tmp_path / "hf"
+    built = build(arch, make())
+    built.model.save_pretrained(str(hf))
+    built.tokenizer.save_pretrained(str(hf))
+    model_type = {"blip2_opt": "pretrain_opt2.7b", "blip2_t5": "pretrain_flant5xl", "blip_caption": "base_coco"}[arch]
+    cfg = {k: v for k, v in make(model_type=model_type, pretrained=str(hf)).items() if k not in ("vision", "qformer", "llm", "text", "vit_type")}
+    loaded = registry.get_model_class(arch)(cfg)
+    loaded.save_pretrained(tmp_path / "saved")
+    again = type(loaded).from_pretrained(tmp_path / "saved")
+    config = lambda m: {k: v for k, v in m.model.config.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert again.cfg.get("pretrained") is None and config(again) == config(loaded)
+    mine, theirs = loaded.state_dict(), again.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
 def test_prompt_in_training_text_is_not_learnt_twice():
     # LAVIS's text processor writes "a photo of <caption>" and the model's prompt is "a photo of"
     a, b = build("blip2_opt", blip2_cfg()), build("blip2_opt", blip2_cfg())

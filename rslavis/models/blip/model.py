@@ -99,9 +99,7 @@ class BLIP(HFModel):
 
     # ------------------------------------------------------------------ building
     def _build(self, tokenizer, hf_config=None):
-        from transformers import BlipForConditionalGeneration
-
-        self._attach(BlipForConditionalGeneration(hf_config or tiny_blip_config(self.cfg, tokenizer)), tokenizer)
+        self._attach(self.hf_class()(hf_config or tiny_blip_config(self.cfg, tokenizer)), tokenizer)
 
     def fitted_tokenizers(self, datasets):
         """The tokenizer fitted on the training captions and the prompt."""

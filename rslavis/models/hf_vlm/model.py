@@ -90,11 +90,9 @@ class HFVLM(VLMInputs, HFModel):
         return local_pretrained_dir(self.cfg["pretrained"], "Qwen/Qwen2.5-VL-3B-Instruct", what=self.CHECKPOINT_KIND)
 
     def _build(self, processor, hf_config=None):
-        from transformers import AutoModelForImageTextToText
-
         if hf_config is None:
             hf_config = self.family.build_config(self.cfg, processor.tokenizer, self._end_id(processor.tokenizer))
-        self._attach(AutoModelForImageTextToText.from_config(hf_config), processor)
+        self._attach(self.hf_class().from_config(hf_config), processor)
 
     def fitted_tokenizers(self, datasets):
         """A processor of the family around a tokenizer fitted on the training text."""

@@ -106,12 +106,10 @@ class InstructBLIP(InstructBlipBase, HFModel):
         return tiny_hf_config(self.cfg, tokenizer, qformer_tokenizer, add_image_token(tokenizer))
 
     def _build(self, tokenizer, qformer_tokenizer=None, hf_config=None):
-        import transformers
-
         if qformer_tokenizer is None and self.QFORMER_TOKENIZER:
             raise ConfigError("instructblip needs a Q-Former tokenizer too (tokenizer_path/qformer_tokenizer).")
         config = hf_config if hf_config is not None else self.tiny_config(tokenizer, qformer_tokenizer)
-        self._attach(getattr(transformers, self.HF_CLASS)(config), tokenizer, qformer_tokenizer)
+        self._attach(self.hf_class()(config), tokenizer, qformer_tokenizer)
 
     def fitted_tokenizers(self, datasets):
         tok, qtok = self.fit_tokenizers(datasets)

@@ -58,6 +58,7 @@ from rslavis.common.config import to_plain
 from rslavis.common.errors import ConfigError
 from rslavis.common.registry import registry
 from rslavis.models.causal_block import CausalBlock, TokenAttention
+from rslavis.models.contrastive import info_nce
 from rslavis.models.encoders import build_vision_encoder, encode_pooled, freeze
 from rslavis.models.smallcap.attention import ATTENTION_SIZES, make_reduced_cross_attention, make_reduced_xglm_cross_attention
 from rslavis.models.smallcap.model import CROSS_ATTENTION_NAMES, DECODERS, SmallCap, cross_attention_layers, decoder_width
@@ -231,14 +232,11 @@ class SmallCapCausal(SmallCap):
         """Symmetric InfoNCE; pairs of the same image (several captions of it in a batch) are not negatives."""
         img = F.normalize(self.image_proj(enc.mean(1)), dim=-1)
         txt = F.normalize(self.text_proj(self._text_features(captions)), dim=-1)
-        logits = img @ txt.t() / self.temperature
+        same = None
         if image_ids is not None:
             ids = [str(i) for i in image_ids]
-            same = torch.tensor([[a == b for b in ids] for a in ids], device=logits.device)
-            same.fill_diagonal_(False)
-            logits = logits.masked_fill(same, float("-inf"))
-        target = torch.arange(len(captions), device=logits.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+            same = torch.tensor([[a == b for b in ids] for a in ids], device=img.device)
+        return info_nce(img, txt, 1.0 / self.temperature, same)
 
     def forward(self, samples):
         image = samples["image"]

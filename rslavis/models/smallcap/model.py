@@ -17,7 +17,7 @@ from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
 from rslavis.models.decoding import generate_kwargs
 from rslavis.models.encoders import local_path, build_vision_encoder, freeze
-from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
+from rslavis.models.tokenization import dataset_texts, load_tokenizer, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ class SmallCap(BaseModel):
         """Fit a tokenizer on the training captions when none is configured, then build the decoder."""
         if self.tokenizer is not None:
             return
-        captions = []
-        for splits in datasets.values():
-            ds = splits.get("train")
-            if ds is not None and hasattr(ds, "all_captions"):
-                captions.extend(ds.all_captions())
+        captions, _ = dataset_texts(datasets)
         if not captions:
             raise ConfigError("model.tokenizer_path is not set and no training captions were found to fit a tokenizer on.")
         tok = train_caption_tokenizer(captions, vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))

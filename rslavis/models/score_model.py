@@ -30,7 +30,7 @@ from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
 from rslavis.models.encoders import local_path
-from rslavis.models.tokenization import load_tokenizer, train_caption_tokenizer
+from rslavis.models.tokenization import fit_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -184,9 +184,7 @@ class ScoreModel(BaseModel):
             self._add_value_head()
             return
         texts, _ = training_texts(datasets)
-        if not texts:
-            raise ConfigError("model.tokenizer_path is not set and no training texts were found to fit the scorer's tokenizer on.")
-        tok = train_caption_tokenizer(texts, vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))
+        tok = fit_tokenizer(texts, self.cfg, "the scorer's tokenizer")
         self._build_hf_clip(tok)
         self.save_run_tokenizers(output_dir)
         logger.info("score_model: fitted a word-level tokenizer on %d texts: %d tokens", len(texts), len(tok))

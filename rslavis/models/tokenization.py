@@ -77,3 +77,11 @@ def training_texts(datasets, prompt, what="tokenizer"):
     if not targets:
         raise ConfigError(f"model.tokenizer_path is not set and no training texts were found to fit the {what} on.")
     return targets, sorted(set(instructions) | {prompt})
+
+
+def fit_tokenizer(texts, cfg, what="a tokenizer", kind="texts"):
+    """:func:`train_caption_tokenizer` on ``texts`` at ``model.tokenizer_vocab_size`` (``cfg``, default
+    2000); no text is a one-line error naming ``what`` would have been fitted on which ``kind``."""
+    if not texts:
+        raise ConfigError(f"model.tokenizer_path is not set and no training {kind} were found to fit {what} on.")
+    return train_caption_tokenizer(texts, vocab_size=int(cfg.get("tokenizer_vocab_size", 2000)))

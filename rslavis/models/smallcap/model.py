@@ -17,7 +17,7 @@ from rslavis.common.registry import registry
 from rslavis.models.base_model import BaseModel
 from rslavis.models.decoding import generate_kwargs
 from rslavis.models.encoders import local_path, build_vision_encoder, freeze
-from rslavis.models.tokenization import dataset_texts, load_tokenizer, train_caption_tokenizer
+from rslavis.models.tokenization import dataset_texts, fit_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ class SmallCap(BaseModel):
         if self.tokenizer is not None:
             return
         captions, _ = dataset_texts(datasets)
-        if not captions:
-            raise ConfigError("model.tokenizer_path is not set and no training captions were found to fit a tokenizer on.")
-        tok = train_caption_tokenizer(captions, vocab_size=int(self.cfg.get("tokenizer_vocab_size", 2000)))
+        tok = fit_tokenizer(captions, self.cfg, kind="captions")
         self._build_text_side(tok)
         self.to(next(self.visual_encoder.parameters()).device)
         self.save_run_tokenizers(output_dir)

@@ -30,7 +30,7 @@ def _write_jobs(work, plan, value):
             res = {**j, "baselines": {"knn_caption": {"CIDEr": 0.5, "confounded_hallucination_rate": 0.5, "confounded_oversight_rate": 0.5, "object_SDE": 0.5}}}
         else:
             res = {**j, "epochs_trained": 3, "test": value(j)}
-        (jobs / f"{j['name']}.json").write_text(json.dumps(res))
+        (jobs / f"{j['name']}.json").write_text(json.dumps({**res, "plan_version": plan["version"]}))
 
 
 def test_analysis_effects_and_knn_bar(tmp_path):
@@ -84,3 +84,33 @@ def test_tiny_bench_runs_every_arm_end_to_end(tmp_path):
 def test_random_encoder_is_refused_outside_tiny_runs():
     with pytest.raises(SystemExit, match="--tiny test runs only"):
         H.main(["--encoder", "random", "--analyse-only"])
+
+
+def test_cached_features_are_the_frozen_encoders_output():
+    import torch
+
+    from rslavis.models.encoders import build_vision_encoder, encode_pooled, freeze
+
+    plan = {**H.PLAN, **H.TINY}
+    enc = freeze(build_vision_encoder(H.load_vision("random", plan)))
+    images = torch.randn(7, 3, plan["image_size"], plan["image_size"])
+    cache = H.CachedFeatures(enc)
+    rows = cache.pack(images, batch=3)  # batches of 3: the rows must not depend on the batching
+    unpack = cache.encoder()
+    idx = [5, 0, 3]
+    with torch.no_grad():
+        tokens, pooled = enc(images[idx])
+    got_tokens, got_pooled = unpack(rows[idx])
+    assert got_tokens.shape == tokens.shape and torch.allclose(got_tokens, tokens, atol=1e-5)
+    assert torch.allclose(got_pooled, pooled, atol=1e-5)
+    # retrieval keys read through the cache equal the live encoder's
+    assert torch.allclose(encode_pooled(unpack, rows[idx]), encode_pooled(enc, images[idx]), atol=1e-5)
+    assert unpack.hidden_size == enc.hidden_size
+
+
+def test_a_work_folder_of_another_plan_version_is_refused(tmp_path):
+    v1 = {**H.PLAN_V1, "strengths": [0.9], "seeds": [0]}
+    _write_jobs(tmp_path, v1, lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0})
+    assert H.analyse(v1, tmp_path)[1]["strengths"]["0.9"]["arms"]["none"]["n"] == 1
+    with pytest.raises(SystemExit, match="a plan v1 job, but this is plan v2"):
+        H.analyse({**H.PLAN, "strengths": [0.9], "seeds": [0]}, tmp_path)

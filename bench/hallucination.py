@@ -304,7 +304,7 @@ def model_config(plan, vision, block, rag, work):
     return cls, cfg
 
 
-def run_arm(job, plan, vision, datasets, data, work):
+def run_arm(job, plan, vision, datasets, data, work, device="cpu"):
     import torch
 
     from rslavis.common.checkpoint import seed_everything
@@ -319,6 +319,8 @@ def run_arm(job, plan, vision, datasets, data, work):
     cache = CachedFeatures(model.visual_encoder)
     data = {split: (cache.pack(img), recs) for split, (img, recs) in data.items()}
     model.visual_encoder = cache.encoder()
+    model.to(device)  # after the datastore and the dictionary are built (on the CPU, with faiss)
+    data = {split: (rows.to(device), recs) for split, (rows, recs) in data.items()}
     train_img, train_recs = data["train"]
     text = datasets["train"].text_processor
     captions = [[text(c) for c in r["captions"]] for r in train_recs]
@@ -452,7 +454,8 @@ def worker(args, plan):
             cache[job["strength"]] = (ds, preload(ds))
         datasets, data = cache[job["strength"]]
         fn = run_baselines if job["kind"] == "baselines" else run_arm
-        res = {**fn(job, plan, vision, datasets, data, args.work), "plan_version": plan["version"]}
+        extra = {"device": args.device} if fn is run_arm else {}
+        res = {**fn(job, plan, vision, datasets, data, args.work, **extra), "plan_version": plan["version"], **extra}
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(res))
         os.replace(tmp, target)
@@ -600,6 +603,7 @@ def main(argv=None):
     p.add_argument("--plot", default=None, help="write a PNG plot")
     p.add_argument("--tiny", action="store_true", help="tests only: shrunk sizes (numbers mean nothing)")
     p.add_argument("--analyse-only", action="store_true", help="only summarise the finished jobs in --work")
+    p.add_argument("--device", default="cpu", help="where the captioners train (cpu, cuda, cuda:1); baselines, datastore and dictionary stay on the CPU")
     p.add_argument("--plan", choices=sorted(PLANS), default="v2", help="analysis plan (docstring): v2 (default) or v1, the first run's")
     p.add_argument("--pilot", default=None, metavar="JSON",
                    help="recipe pilot on VALIDATION only (no test scoring): arms none and none + retrieval, seed 0, both strengths; JSON overrides of the plan, e.g. '{\"max_epoch\": 40}'")
@@ -609,6 +613,11 @@ def main(argv=None):
     plan = {**PLANS[args.plan], **(TINY if args.tiny else {})}
     if args.pilot is not None:
         plan = {**plan, "seeds": [0], **json.loads(args.pilot), "pilot": True}
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: no CUDA device here; use --device cpu")
     if args.encoder == "random" and not args.tiny:
         raise SystemExit("--encoder random is for --tiny test runs only; the benchmark needs the clip_pretrain encoder.")
     if args.worker_index is not None:
@@ -618,7 +627,7 @@ def main(argv=None):
         load_vision(args.encoder, plan)  # fail before starting workers
         finished_jobs(plan, args.work)
         run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--encoder", args.encoder, "--work", args.work, "--workers", str(args.workers), "--run-id", run_id, "--plan", args.plan] + (["--tiny"] if args.tiny else [])
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--encoder", args.encoder, "--work", args.work, "--workers", str(args.workers), "--run-id", run_id, "--plan", args.plan, "--device", args.device] + (["--tiny"] if args.tiny else [])
         cmd += ["--pilot", args.pilot] if args.pilot is not None else []
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         t0 = time.time()

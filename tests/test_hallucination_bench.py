@@ -114,3 +114,12 @@ def test_a_work_folder_of_another_plan_version_is_refused(tmp_path):
     assert H.analyse(v1, tmp_path)[1]["strengths"]["0.9"]["arms"]["none"]["n"] == 1
     with pytest.raises(SystemExit, match="a plan v1 job, but this is plan v2"):
         H.analyse({**H.PLAN, "strengths": [0.9], "seeds": [0]}, tmp_path)
+
+
+def test_cuda_device_is_refused_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal is for machines without one")
+    with pytest.raises(SystemExit, match="no CUDA device here"):
+        H.main(["--encoder", "random", "--tiny", "--device", "cuda", "--analyse-only"])

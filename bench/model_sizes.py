@@ -65,7 +65,7 @@ def main():
     print("| model | parameters | trained | weights + grads + AdamW | checkpoint_best (default) | checkpoint_latest (default) | checkpoint_best with save_full |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, model, run in cases:
-        cfg = Config.from_dict({"model": model, "datasets": {}, "run": {"task": "captioning", **run}})
+        cfg = Config.from_dict({"model": model, "datasets": {"rs_synthetic": {}}, "run": {"task": "captioning", **run}})
         m, _ = build_model_on_meta(cfg)
         plan = memory_plan(m, cfg.run)
         t, c = plan["rows"][-1], plan["checkpoint"]

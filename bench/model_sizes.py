@@ -10,9 +10,12 @@ GPT-2 base with cross-attention only trained. Memory = weights + gradients + Ada
 (activations excluded).
 
     python bench/model_sizes.py
+    python bench/model_sizes.py --only smallcap     # rows whose name contains the text (the test runs this)
 """
 
+import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +25,19 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default=None, help="keep only the rows whose name contains this text (case-insensitive)")
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        return _table(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _table(args, tmp):
+
     from transformers import GPT2Config, InstructBlipConfig, LlamaConfig
 
     from rslavis.common.config import Config
@@ -30,8 +45,6 @@ def main():
     from rslavis.models.meta import build_model_on_meta
     from rslavis.models.tokenization import train_caption_tokenizer
     from rslavis.runners.plan import human, memory_plan
-
-    tmp = Path(tempfile.mkdtemp())
 
     def tokenizer(d, qformer=False):
         tok = train_caption_tokenizer(["stand in vocabulary"])
@@ -62,6 +75,12 @@ def main():
         ("SmallCap-causal GPT-2 base, attention_size 7", {"arch": "smallcap_causal", "model_type": "tiny", "attention_size": 7, "train_decoder": False, "disable_rag": True,
                                                           "decoder": {"type": "gpt2", "pretrained": str(gpt2)}, "tokenizer_path": str(tmp / "tok")}, {}),
     ]
+    if args.only:
+        names = [c[0] for c in cases]
+        cases = [c for c in cases if args.only.lower() in c[0].lower()]
+        if not cases:
+            print(f"model_sizes: --only {args.only!r} matches no row; rows: {', '.join(names)}", file=sys.stderr)
+            return 2
     print("| model | parameters | trained | weights + grads + AdamW | checkpoint_best (default) | checkpoint_latest (default) | checkpoint_best with save_full |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, model, run in cases:

@@ -18,7 +18,8 @@ Random weights generate until ``--max-len`` (no EOS learned), the slow end for g
     python bench/gpu_smoke.py [--batch-sizes 8 32] [--steps 5] [--max-len 30]
     python bench/gpu_smoke.py --tiny --device cpu      # the same code path at tiny size (a check, not a number)
 
-Without CUDA (and without ``--device cpu``) it says so and exits 0.
+Without CUDA (and without ``--device cpu``) it says so in one line and exits 0; ``--device cuda``
+there is refused in one line (exit 2).
 """
 
 import argparse
@@ -104,6 +105,9 @@ def run(args):
     if device.type != "cuda" and not args.device:
         print("bench/gpu_smoke.py: no CUDA device on this machine; nothing measured (run it on a GPU; --tiny --device cpu checks the code path).")
         return 0
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"bench/gpu_smoke.py: --device {args.device} asked for, but this machine has no CUDA device; use --device cpu (with --tiny) or a GPU machine.", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     model = build(args.tiny, device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -61,3 +61,57 @@ def test_configured_nouns_stay_nouns():
 def test_unknown_plural_gets_spacys_lemma(rules):
     # an unseen plural noun: spaCy's first noun rule (strip "s") when no known lemma fits
     assert rules.parse("many hosues near three glasshouses") == {"house": None, "glasshouse": 3}
+
+
+def _toks(spec):
+    """Hand-written spaCy-like tokens: "word/POS" or "word/POS/lemma" or ".../+" (compound modifier)."""
+    from rslavis.text.base_parser import Tok
+
+    out = []
+    for item in spec.split():
+        parts = item.split("/")
+        word, pos = parts[0], parts[1]
+        lemma = next((p for p in parts[2:] if p != "+"), word)
+        out.append(Tok(word, lemma, pos, False, "+" in parts[2:], False))
+    return out
+
+
+def test_modifier_flags_are_learnt_in_context():
+    from rslavis.text.lexicon import build_tables
+    from rslavis.text.rules_parser import LexiconTagger
+
+    # "taxiing" is mostly a verb, but spaCy tags it a noun after "airplane", and then never
+    # reads "airplane" as its compound modifier: the default rule (noun before noun) must
+    # not apply there, nor to an unseen noun before it ("jet taxiing")
+    tagged = [_toks("the/DET plane/NOUN is/AUX taxiing/VERB/taxi ./PUNCT")] * 6
+    tagged += [_toks("an/DET airplane/NOUN taxiing/NOUN on/ADP the/DET runway/NOUN ./PUNCT")] * 3
+    tagged += [_toks("a/DET boat/NOUN taxiing/NOUN ./PUNCT")] * 2
+    tagged += [_toks("a/DET tennis/NOUN/+ court/NOUN ./PUNCT")] * 3
+    lex = build_tables(tagged)
+    assert lex["mod"].get("airplane taxiing") == 0
+    assert "taxiing" in lex["no_mod_next"] and "court" not in lex["no_mod_next"]
+    tagger = LexiconTagger(lex)
+    toks = tagger.tag("an airplane taxiing on the runway .".split())
+    assert toks[2].pos == "NOUN" and not toks[1].modifier
+    assert not tagger.tag("a jet taxiing .".split())[1].modifier
+    assert tagger.tag("a jet court .".split())[1].modifier  # the default rule elsewhere
+
+
+def test_typo_repair_is_difflibs_closest_match():
+    import difflib
+
+    from rslavis.text.synonyms import SynonymTable
+
+    table = SynonymTable()
+    typos = [k[:i] + k[i + 1:] + k[i] * (i % 2) for k in table._known[::7] for i in (1, len(k) // 2)]
+    for word in typos + ["parkinglot", "bridege", "xqzvw", "aeroplnae", "storagetank", "bu1ld1ng"]:
+        close = difflib.get_close_matches(word, table._known, 1, table.fuzzy_cutoff)
+        assert table._close_match(word) == (close[0] if close else None), word
+        # the letter-count filter keeps exactly the names difflib's quick_ratio keeps
+        m = difflib.SequenceMatcher(None, "", word)
+        quick = []
+        for name in table._known:
+            m.set_seq1(name)
+            if m.quick_ratio() >= table.fuzzy_cutoff:
+                quick.append(name)
+        assert table._quick_candidates(word) == quick, word

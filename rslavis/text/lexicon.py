@@ -63,6 +63,7 @@ def build_tables(tagged, min_count=2):
     """Lexicon tables from ``[[Tok, ...], ...]`` (one list per caption occurrence)."""
     uni, left, right, tri = defaultdict(Counter), defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
     lpos, rpos, mod = defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
+    mod_next, in_context = defaultdict(Counter), defaultdict(Counter)
     for toks in tagged:
         ws = ["<s>"] + [t.text for t in toks] + ["</s>"]
         for i, t in enumerate(toks):
@@ -81,6 +82,9 @@ def build_tables(tagged, min_count=2):
             lpos[f"{upos[p]} {w}"][tag] += 1
             rpos[f"{w} {upos[n]}"][tag] += 1
             mod[f"{w} {n}"][bool(t.modifier)] += 1
+            if i + 1 < len(toks) and t.pos in NOUN_POS and toks[i + 1].pos in NOUN_POS:
+                mod_next[n][bool(t.modifier)] += 1  # a noun before a noun: a compound or not
+                in_context[f"{w} {n}"][bool(t.modifier)] += 1
 
     freq = {w: sum(c.values()) for w, c in uni.items()}
 
@@ -99,8 +103,14 @@ def build_tables(tagged, min_count=2):
         w, n = k.split(" ")
         default = upos[w] in NOUN_POS and upos.get(n) in NOUN_POS
         flag, cnt = c.most_common(1)[0]
-        if flag != default and cnt >= min_count:
+        # the rule also runs on tags given in context ("airplane taxiing": "taxiing" a noun there)
+        in_ctx = in_context.get(k)
+        if cnt >= min_count and (flag != default or (in_ctx and flag != (in_ctx.total() > c.total() / 2))):
             mods[k] = int(flag)
+    # nouns spaCy rarely reads as modified by the noun before them ("airplane taxiing"):
+    # an unseen pair ending on one is no compound
+    no_mod_next = sorted(w for w, c in mod_next.items()
+                         if c.total() >= max(3, min_count) and c[False] >= 0.75 * c.total())
     suffix = defaultdict(Counter)
     for w, c in uni.items():
         if sum(c.values()) <= 2 and w.isalpha() and len(w) > 3:
@@ -129,6 +139,7 @@ def build_tables(tagged, min_count=2):
         "left_pos": exceptions(lpos, lambda k: k.split(" ")[1]),
         "right_pos": exceptions(rpos, lambda k: k.split(" ")[0]),
         "mod": mods,
+        "no_mod_next": no_mod_next,
         "suffix": {s: c.most_common(1)[0][0] for s, c in suffix.items() if sum(c.values()) >= 2},
         "oov_context": {k: c.most_common(1)[0][0] for k, c in oov_ctx.items()
                         if sum(c.values()) >= 5 and c.most_common(1)[0][1] >= 0.6 * sum(c.values())},

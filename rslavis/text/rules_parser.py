@@ -129,6 +129,7 @@ class LexiconTagger:
         self.left_pos = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[1]) for k, t in lex["left_pos"].items()}
         self.right_pos = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[0]) for k, t in lex["right_pos"].items()}
         self.mod = {tuple(k.split(" ")): bool(v) for k, v in lex["mod"].items()}
+        self.no_mod_next = frozenset(lex.get("no_mod_next", ()))
         self.suffix = dict(lex["suffix"])
         self.oov_context = {tuple(k.split(" ")): v for k, v in lex.get("oov_context", {}).items()}
         self.ambiguous = {w: [_tag_tuple(t, w) for t in tags] for w, tags in lex.get("ambiguous", {}).items()}
@@ -207,7 +208,8 @@ class LexiconTagger:
             nx = ws[i + 1] if i + 1 < n else nxt
             m = mod.get((ws[i], nx))
             if m is None:
-                m = pos in ("NOUN", "PROPN") and i + 1 < n and tags[i + 1][0] in ("NOUN", "PROPN")
+                m = (pos in ("NOUN", "PROPN") and i + 1 < n and tags[i + 1][0] in ("NOUN", "PROPN")
+                     and nx not in self.no_mod_next)
             toks.append(Tok(ws[i], lem, pos, pl, m, part))
         return toks
 

@@ -66,3 +66,40 @@ def test_ptb_keeps_what_the_metric_keeps():
     # the differences from simple_tokenize that made the reward differ from the metric
     assert ptb_tokenize("The airport's semi-surrounded lawn(2 .") == ["the", "airport", "'s", "semi-surrounded", "lawn", "-lrb-", "2"]
     assert ptb_tokenize(None) == [] and ptb_tokenize(3) == ["3"]
+
+
+def _slow_reference(captions):
+    """The regex rules alone (no fast path), caption by caption."""
+    from rslavis.text.tokenize import _NORMALISE, _ptb_slow
+
+    return [_ptb_slow(("" if c is None else str(c)).lower().translate(_NORMALISE)) for c in captions]
+
+
+def test_fast_paths_equal_the_full_rules_on_random_text():
+    # the batched byte-level path and the per-caption fast path only skip the regex rules
+    # where they give the same tokens; random strings over the characters those paths
+    # decide on (and a few that send a caption to the rules) check that claim
+    import random
+
+    rng = random.Random(0)
+    pieces = list("abcdlnostxy019_ ,.-'") + [
+        " .", ". ", ", ", "'s", "'s ", " d's", "a-b", "-", "no", "no. 5", "etc", "mr", "cannot", "gonna",
+        "\t", "\u00e9", "K", "\u0130", "(", "n't", "..", "1,000", "3.5", "u.s.",
+    ]
+    caps = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 14))) for _ in range(30000)]
+    caps += [None, 7, "", " ", "\n", "a\nb ."]
+    expected = _slow_reference(caps)
+    no_newline = [c for c in caps if not (isinstance(c, str) and "\n" in c)]
+    assert ptb_tokenize_batch(no_newline) == _slow_reference(no_newline)  # one batch, line map used
+    assert ptb_tokenize_batch(caps) == expected  # a caption with a newline: caption by caption
+    assert [ptb_tokenize(c) for c in caps] == expected
+
+
+def test_batched_path_keeps_caption_boundaries():
+    from rslavis.text.tokenize import ptb_tokenize_flat
+
+    caps = ["a house .", "", "x's road, etc. done", "two-lane road.", "(bad) one", "  ", "a b c"]
+    flat, lengths = ptb_tokenize_flat(caps)
+    assert lengths.tolist() == [len(ptb_tokenize(c)) for c in caps]
+    assert flat == [t for c in caps for t in ptb_tokenize(c)]
+    assert ptb_tokenize_flat([])[0] == []

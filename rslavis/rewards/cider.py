@@ -34,6 +34,7 @@ tokenized once.
 import logging
 import math
 import os
+from itertools import chain
 
 import numpy as np
 
@@ -42,7 +43,7 @@ from rslavis.common.registry import registry
 from rslavis.rewards.base_reward import BaseReward
 from rslavis.rewards.cider_ngrams import ID_BITS, NgramTable
 from rslavis.rewards.cider_refs import RefPool, expand_rows, image_term_frequencies
-from rslavis.text.tokenize import ptb_tokenize_batch
+from rslavis.text.tokenize import ptb_tokenize_flat
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ def load_corpus(path, split="train"):
     return list(load_references(path, split=split).values())
 
 
-def _split_batch(texts):
-    return [t.split() if isinstance(t, str) else ([] if t is None else str(t).split()) for t in texts]
+def _split_flat(texts):
+    """White-space tokens of ``texts`` in one list, and tokens per text (``pretokenized: true``)."""
+    toks = [t.split() if isinstance(t, str) else ([] if t is None else str(t).split()) for t in texts]
+    return list(chain.from_iterable(toks)), np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
 
 
 @registry.register_reward("cider")
@@ -93,7 +96,7 @@ class CiderD(BaseReward):
             raise ConfigError(f"cider: cache_size={cache_size!r} must be from 1 to {1 << 30}.")
         self.n = n
         self.pretokenized = bool(pretokenized)
-        self._tokenize = _split_batch if self.pretokenized else ptb_tokenize_batch
+        self._tokenize = _split_flat if self.pretokenized else ptb_tokenize_flat
         self._warned_batch = False
         self._reset()
         if corpus is not None:
@@ -122,7 +125,8 @@ class CiderD(BaseReward):
         index = {r: i for i, r in enumerate(dict.fromkeys(flat))}
         inv = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
         table = self.table
-        ids, lengths = table.word_ids(self._tokenize(list(index)), grow=True)
+        flat, lengths = self._tokenize(list(index))
+        ids = table.word_ids(flat, lengths, grow=True)
         dense, owner, _ = table.ngrams(ids, lengths, grow=True)
         comb, tf = np.unique(owner * table.size + dense, return_counts=True)
         cu = comb // table.size
@@ -202,7 +206,8 @@ class CiderD(BaseReward):
     def _candidates(self, uniq):
         """Distinct candidates' n-grams: ``(caption, id, order, weight)`` rows sorted by caption, norms, lengths."""
         n, table = self.n, self.table
-        ids, lengths = table.word_ids(self._tokenize(uniq), grow=False)
+        flat, lengths = self._tokenize(uniq)
+        ids = table.word_ids(flat, lengths, grow=False)
         dense, owner, tmp_order = table.ngrams(ids, lengths, grow=False)
         g = table.size
         span = g + tmp_order.size

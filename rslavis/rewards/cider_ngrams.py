@@ -7,7 +7,7 @@ about 30k words and a few million n-grams), so no practical vocabulary limit. Ev
 after the word-id lookup is numpy over all captions of a call at once.
 """
 
-from itertools import chain, repeat
+from itertools import repeat
 
 import numpy as np
 
@@ -41,8 +41,9 @@ class NgramTable:
     def size(self):
         return self.order.size
 
-    def word_ids(self, token_lists, grow):
-        """Flat int64 word ids and per-caption lengths.
+    def word_ids(self, flat, lengths, grow):
+        """Int64 word ids of ``flat``, the tokens of all captions in one list (``lengths``:
+        tokens per caption).
 
         ``grow=True`` (references) adds new words to the vocabulary. Otherwise
         (candidates) an unknown word gets an id local to its caption, above the
@@ -50,8 +51,6 @@ class NgramTable:
         within the caption matters, so ids may repeat across captions.
         """
         vocab = self.vocab
-        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-        flat = list(chain.from_iterable(token_lists))
         if grow:
             new = [w for w in dict.fromkeys(flat) if w not in vocab]
             if new:
@@ -61,7 +60,7 @@ class NgramTable:
                         f"cider: the references hold more than {WORD_CAP} distinct words, the limit of the packed n-gram keys."
                     )
                 vocab.update(zip(new, range(first, first + len(new))))
-            return np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat)), lengths
+            return np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
         ids = np.fromiter(map(vocab.get, flat, repeat(0)), dtype=np.int64, count=len(flat))
         zeros = np.flatnonzero(ids == 0)
         if zeros.size:
@@ -74,7 +73,7 @@ class NgramTable:
                 ids[j] = local.setdefault(flat[j], base + len(local))
                 if base + len(local) > WORD_CAP + 1:  # only a caption with tens of thousands of unknown words
                     raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
-        return ids, lengths
+        return ids
 
     def ngrams(self, word_ids, lengths, grow):
         """Every n-gram occurrence of concatenated captions as ``(ids, owner, tmp_order)``.

@@ -21,6 +21,9 @@ the Java PTB tokenizer when Java is present, as published numbers do.
 """
 
 import re
+from itertools import chain
+
+import numpy as np
 
 _NON_WORD = re.compile(r"[^\w\s]+")
 
@@ -174,15 +177,117 @@ def ptb_tokenize(text):
     return toks
 
 
+# ------------------------------------------------------------- PTB, batched
+# The batched path reads all captions of a call at once, as one byte string with numpy.
+# A "plain" caption, lower-cased, holds only a-z, 0-9, "_", spaces and
+#   "," or "."  before a space or the end (a period ending a word: not after a single
+#               letter, an abbreviation of _ABBREV or "no", which PTB keeps with it),
+#   "-"         between two word characters (PTB keeps "semi-surrounded" whole),
+#   "'s"        after a word character, before a space, ",", "." or the end ("there 's";
+#               not after a lone d, l or o, which PTB reads as "d'...", "l'...", "o'..."),
+# and none of _SPLIT_WORDS. Its PTB tokens are str.split's after "," and "." are dropped
+# and "'s" split off; every other caption goes through ptb_tokenize, one at a time.
+# tests/test_tokenize_ptb.py checks the two paths give the same tokens.
+_BAD, _WCH, _SPACE, _COMMA, _DOT, _NL, _HYPHEN, _QUOTE = range(8)
+_CLS = np.zeros(256, dtype=np.uint8)  # byte class; 0 (_BAD): needs ptb_tokenize
+_CLS[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789_", np.uint8)] = _WCH
+for _b, _c in ((b" ", _SPACE), (b",", _COMMA), (b".", _DOT), (b"\n", _NL), (b"-", _HYPHEN), (b"'", _QUOTE)):
+    _CLS[_b[0]] = _c
+_IS_GAP = np.zeros(8, dtype=bool)  # may follow "," or "."
+_IS_GAP[[_SPACE, _NL]] = True
+_IS_SEP = np.zeros(8, dtype=bool)  # ends a word
+_IS_SEP[[_SPACE, _COMMA, _DOT, _NL]] = True
+_DLO = np.zeros(256, dtype=bool)
+_DLO[np.frombuffer(b"dlo", np.uint8)] = True
+# "," "." and every byte PTB never keeps in a plain caption become spaces
+_DROP = bytes(b if _CLS[b] in (_WCH, _HYPHEN, _QUOTE, _NL) else 32 for b in range(256))
+_IS_TOK = np.array([_CLS[b] in (_WCH, _HYPHEN, _QUOTE) for b in range(256)])  # non-space bytes of the result
+_KEEP_DOT = _ABBREV | {"no"}
+_KEEP_DOT_LEN = max(map(len, _KEEP_DOT))
+
+
+def _not_plain(buf, a):
+    """Positions in ``buf`` (``a``: its bytes as numpy) that make their caption not plain."""
+    c = _CLS[a]
+    bad = c == _BAD
+    cur = c[:-1]
+    bad[:-1] |= ((cur == _COMMA) | (cur == _DOT)) & ~_IS_GAP[c[1:]]
+    hy = np.flatnonzero(c == _HYPHEN)  # buf starts and ends with a newline: hy - 1, hy + 1 exist
+    if hy.size:
+        bad[hy[(c[hy - 1] != _WCH) | (c[hy + 1] != _WCH)]] = True
+    qu = np.flatnonzero(c == _QUOTE)
+    if qu.size:
+        nxt2 = np.minimum(qu + 2, a.size - 1)
+        lone_dlo = _DLO[a[qu - 1]] & (c[np.maximum(qu - 2, 0)] != _WCH) & (c[np.maximum(qu - 2, 0)] != _HYPHEN)
+        ok = (c[qu - 1] == _WCH) & (a[qu + 1] == 115) & _IS_SEP[c[nxt2]] & (qu + 2 < a.size) & ~lone_dlo
+        bad[qu[~ok]] = True
+    dots = np.flatnonzero((c[1:-1] == _DOT) & (c[:-2] == _WCH)) + 1  # a period ending a word
+    if dots.size:
+        seps = np.flatnonzero(_IS_SEP[c])
+        start = seps[np.searchsorted(seps, dots) - 1] + 1
+        for k in np.flatnonzero(dots - start <= _KEEP_DOT_LEN).tolist():
+            w = buf[start[k] : dots[k]].decode("ascii")
+            if (len(w) == 1 and w.isalpha()) or w in _KEEP_DOT:
+                bad[dots[k]] = True
+    for w in _SPLIT_WORDS:
+        wb = w.encode()
+        at = buf.find(wb)
+        while at >= 0:
+            bad[at] = True
+            at = buf.find(wb, at + 1)
+    return np.flatnonzero(bad)
+
+
+def _ptb_flat(texts):
+    """PTB tokens of the captions ``texts`` (a list) as one flat list, and the number of
+    tokens of each caption (int64 numpy). Equal to ``ptb_tokenize`` caption by caption."""
+    n = len(texts)
+    try:
+        joined = "\n".join(texts)
+    except TypeError:  # None or non-string captions: ptb_tokenize's conversions
+        texts = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
+        joined = "\n".join(texts)
+    buf = b"\n" + joined.lower().encode("ascii", "replace") + b"\n"  # one byte per character
+    a = np.frombuffer(buf, np.uint8)
+    nl = np.flatnonzero(a == 10)  # caption k lies between nl[k] and nl[k + 1]
+    if nl.size != n + 1:  # a caption holds a newline: one caption at a time
+        toks = [ptb_tokenize(t) for t in texts]
+        return list(chain.from_iterable(toks)), np.fromiter(map(len, toks), np.int64, count=n)
+    bad_lines = np.unique(np.searchsorted(nl, _not_plain(buf, a)) - 1)
+    plain = buf.translate(_DROP)
+    if b"'" in plain:
+        plain = plain.replace(b"'s", b" 's")
+        a = np.frombuffer(plain, np.uint8)
+        nl = np.flatnonzero(a == 10)
+    else:
+        a = np.frombuffer(plain, np.uint8)
+    flat = plain.decode("ascii").split()
+    tok = _IS_TOK[a]
+    lengths = np.bincount(np.searchsorted(nl, np.flatnonzero(tok[1:] & ~tok[:-1]) + 1), minlength=n + 1)[1:]
+    if bad_lines.size:
+        ends = np.cumsum(lengths).tolist()
+        pieces, prev = [], 0
+        for k in bad_lines.tolist():
+            toks = ptb_tokenize(texts[k])
+            pieces.append(flat[prev : ends[k] - int(lengths[k])])
+            pieces.append(toks)
+            prev = ends[k]
+            lengths[k] = len(toks)
+        pieces.append(flat[prev:])
+        flat = list(chain.from_iterable(pieces))
+    return flat, lengths.astype(np.int64, copy=False)
+
+
+def ptb_tokenize_flat(texts):
+    """:func:`ptb_tokenize` over a list, as ``(tokens of all captions in one list, tokens per caption)``."""
+    texts = list(texts)
+    if not texts:
+        return [], np.zeros(0, np.int64)
+    return _ptb_flat(texts)
+
+
 def ptb_tokenize_batch(texts):
-    """:func:`ptb_tokenize` over a list."""
-    out = []
-    append = out.append
-    for text in texts:
-        if isinstance(text, str):
-            t = text.lower()
-            toks = _ptb_fast(t)
-            append(toks if toks is not None else _ptb_slow(t.translate(_NORMALISE)))
-        else:
-            append(ptb_tokenize(text))
-    return out
+    """:func:`ptb_tokenize` over a list (one token list per caption)."""
+    flat, lengths = ptb_tokenize_flat(texts)
+    ends = np.cumsum(lengths).tolist()
+    return [flat[s:e] for s, e in zip([0] + ends[:-1], ends)]

@@ -20,6 +20,70 @@ ID_BITS = 30
 ID_CAP = (1 << ID_BITS) - 1
 
 _EMPTY = np.zeros(0, np.int64)
+_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key * 2**64 / golden ratio
+
+
+class KeyIndex:
+    """Map from non-negative int64 keys to int64 values: an open-addressing hash table
+    (linear probing, at most half full) whose look-ups and inserts are numpy over arrays.
+
+    One probe finds most keys, where a binary search over sorted keys makes ~17 scattered
+    reads; the reward looks up every n-gram of every candidate on each call.
+    """
+
+    def __init__(self, bits=10):
+        self._alloc(bits)
+
+    def _alloc(self, bits):
+        self.bits, self.mask, self.count = bits, (1 << bits) - 1, 0
+        self.keys = np.full(1 << bits, -1, dtype=np.int64)  # -1: empty slot
+        self.vals = np.zeros(1 << bits, dtype=np.int64)
+
+    def _slot(self, keys):
+        return ((keys.view(np.uint64) * _MUL) >> np.uint64(64 - self.bits)).view(np.int64)
+
+    def get(self, keys, default=-1):
+        """Value of each key, ``default`` where it is absent."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        slot = self._slot(keys)
+        k = self.keys[slot]
+        hit = k == keys
+        out = np.where(hit, self.vals[slot], default)
+        todo = np.flatnonzero(~hit & (k >= 0))
+        while todo.size:  # the next slot, for keys that met another key
+            s = (slot[todo] + 1) & self.mask
+            slot[todo] = s
+            k = self.keys[s]
+            hit = k == keys[todo]
+            out[todo[hit]] = self.vals[s[hit]]
+            todo = todo[~hit & (k >= 0)]
+        return out
+
+    def add(self, keys, vals):
+        """Insert ``keys`` (distinct, none present yet) with their values."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        need = self.count + keys.size
+        if 2 * need > self.keys.size:  # grow to at most a third full, re-inserting what is there
+            live = self.keys >= 0
+            old_k, old_v = self.keys[live], self.vals[live]
+            self._alloc(max(self.bits, (3 * need).bit_length()))
+            self._insert(old_k, old_v)
+        self._insert(keys, np.asarray(vals, dtype=np.int64))
+
+    def _insert(self, keys, vals):
+        slot = self._slot(keys)
+        todo = np.arange(keys.size)
+        while todo.size:
+            s = slot[todo]
+            free = self.keys[s] < 0
+            taken, first = np.unique(s[free], return_index=True)  # one key per free slot and round
+            win = todo[free][first]
+            self.keys[taken], self.vals[taken] = keys[win], vals[win]
+            placed = np.zeros(keys.size, dtype=bool)
+            placed[win] = True
+            todo = todo[~placed[todo]]
+            slot[todo] = (slot[todo] + 1) & self.mask
+        self.count += keys.size
 
 
 class NgramTable:
@@ -32,8 +96,7 @@ class NgramTable:
     def __init__(self, n):
         self.n = n
         self.vocab = {}
-        self.keys_sorted = _EMPTY  # sorted packed keys of known n-grams
-        self.ids_sorted = _EMPTY  # dense id of each sorted key
+        self.index = KeyIndex()  # packed key -> dense id of the known n-grams
         self.order = _EMPTY
         self.df = np.zeros(0)
 
@@ -113,23 +176,12 @@ class NgramTable:
 
     def _lookup(self, keys):
         """Dense ids of packed keys, -1 where the n-gram is unknown."""
-        if self.keys_sorted.size == 0:
-            return np.full(keys.shape, -1, dtype=np.int64)
-        pos = np.searchsorted(self.keys_sorted, keys)
-        np.minimum(pos, self.keys_sorted.size - 1, out=pos)
-        found = self.keys_sorted[pos] == keys
-        return np.where(found, self.ids_sorted[pos], -1)
+        return self.index.get(keys)
 
     def _add_keys(self, new_keys):
-        """Give unseen n-grams (sorted, distinct) dense ids with document frequency 0; returns the first id."""
+        """Give unseen n-grams (distinct) dense ids with document frequency 0; returns the first id."""
         g = self.size
-        new_ids = np.arange(g, g + new_keys.size, dtype=np.int64)
-        if self.keys_sorted.size:
-            at = np.searchsorted(self.keys_sorted, new_keys)
-            self.keys_sorted = np.insert(self.keys_sorted, at, new_keys)
-            self.ids_sorted = np.insert(self.ids_sorted, at, new_ids)
-        else:
-            self.keys_sorted, self.ids_sorted = new_keys, new_ids
+        self.index.add(new_keys, np.arange(g, g + new_keys.size, dtype=np.int64))
         self.df = np.concatenate([self.df, np.zeros(new_keys.size)])
         self.order = np.concatenate([self.order, (new_keys >> ORDER_SHIFT) + 1])
         return g

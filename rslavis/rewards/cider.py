@@ -257,11 +257,14 @@ class CiderD(BaseReward):
         m_max = pool.w.shape[1]
         val = np.zeros(b * n * m_max)
         if pool.keys.size and cand.size:
-            hk = (eidx[cand] << ID_BITS) | d
+            e = eidx[cand]
+            hit = np.flatnonzero(pool.maybe(e, d))
+            hk = (e[hit] << ID_BITS) | d[hit]
             pos = np.searchsorted(pool.keys, hk)
             np.minimum(pos, pool.keys.size - 1, out=pos)
-            hit = np.flatnonzero(pool.keys[pos] == hk)
-            rw = pool.w[pos[hit]]
+            found = pool.keys[pos] == hk
+            hit, pos = hit[found], pos[found]
+            rw = pool.w[pos]
             contrib = np.minimum(w[hit, None], rw) * rw
             slot = (cand[hit] * n + order[hit] - 1) * m_max
             val = np.bincount((slot[:, None] + np.arange(m_max)).ravel(), weights=contrib.ravel(), minlength=b * n * m_max)

@@ -4,13 +4,18 @@ An image is keyed by the tuple of its reference strings. Entry ``e``'s TF-IDF we
 are rows of ``w`` (one column per reference) under the sorted keys
 ``(e << 30) | n-gram id`` of ``keys``, so a batch finds every candidate n-gram in its
 image's references with one ``searchsorted`` over the pool; per-reference norms and
-lengths are rows ``start[e] .. start[e] + m[e]`` of ``norm`` / ``length``.
+lengths are rows ``start[e] .. start[e] + m[e]`` of ``norm`` / ``length``. Most candidate
+n-grams are not in their image's references: a 512-bit mask per entry (bit ``id % 512``
+set for each of its n-grams) rules most of them out before the search.
 """
 
 import numpy as np
 
 from rslavis.common.errors import RslavisError
 from rslavis.rewards.cider_ngrams import ID_BITS, ID_CAP
+
+_MASK_SHIFT = 3
+_MASK_WORDS = 1 << _MASK_SHIFT  # 64-bit words per entry
 
 
 def expand_rows(cu, sizes_u, inv):
@@ -70,6 +75,12 @@ class RefPool:
         self.length = np.zeros(0)  # per reference: number of bigrams (pycocoevalcap's length)
         self.keys = np.zeros(0, np.int64)  # (entry << 30) | n-gram id, sorted
         self.w = np.zeros((0, 1))  # weight of that n-gram in each of the entry's references
+        self.bits = np.zeros(0, np.uint64)  # per entry _MASK_WORDS words: bit id % 512 of its n-grams
+
+    def maybe(self, entry, ngram):
+        """False where n-gram ``ngram`` is surely not in entry ``entry``'s references (arrays)."""
+        word = self.bits[(entry << _MASK_SHIFT) | ((ngram >> 6) & (_MASK_WORDS - 1))]
+        return ((word >> (ngram & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
 
     def add(self, tuples, grouped, lengths, order, idf):
         """Append the images ``tuples`` (in order) from :func:`image_term_frequencies`' ``grouped``.
@@ -94,6 +105,11 @@ class RefPool:
         # new entries have larger indices, so the concatenation stays sorted
         self.keys = np.concatenate([self.keys, pairs + (np.int64(first_entry) << ID_BITS)])
         self.w = np.concatenate([pool_w, wmat]) if pool_w.size else wmat
+        bits = np.zeros(len(tuples) << _MASK_SHIFT, np.uint64)
+        ngram = pairs & ID_CAP
+        np.bitwise_or.at(bits, ((pairs >> ID_BITS) << _MASK_SHIFT) | ((ngram >> 6) & (_MASK_WORDS - 1)),
+                         np.left_shift(np.uint64(1), (ngram & 63).astype(np.uint64)))
+        self.bits = np.concatenate([self.bits, bits])
         self.start = np.concatenate([self.start, first_ref + self.length.size])
         self.m = np.concatenate([self.m, counts])
         self.norm = np.concatenate([self.norm, nrm.reshape(n_refs, self.n)])

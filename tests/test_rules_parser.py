@@ -115,3 +115,21 @@ def test_typo_repair_is_difflibs_closest_match():
             if m.quick_ratio() >= table.fuzzy_cutoff:
                 quick.append(name)
         assert table._quick_candidates(word) == quick, word
+
+
+def test_unknown_words_are_tagged_by_the_classifier_learnt_on_rare_words():
+    from rslavis.text.lexicon import build_tables
+    from rslavis.text.rules_parser import LexiconTagger
+
+    # rare training words after "is" and before "." are adjectives whatever their ending;
+    # a word never seen there is tagged by that context (the suffix table alone says noun)
+    tagged = [_toks(f"the/DET {n}/NOUN is/AUX {a}/ADJ ./PUNCT")
+              for n, a in [("road", "narrow"), ("lake", "calm"), ("field", "flat"), ("roof", "bright"),
+                           ("area", "quiet"), ("pond", "round"), ("park", "vast"), ("beach", "clean")]]
+    tagged += [_toks(f"a/DET {a}/NOUN/+ {n}/NOUN ./PUNCT") for n, a in [("house", "farm"), ("tree", "palm"),
+                                                                         ("roof", "tile"), ("lot", "car")]] * 2
+    lex = build_tables(tagged)
+    lex["oov_context"], lex["suffix"] = {}, {}  # only the classifier knows
+    tagger = LexiconTagger(lex)
+    assert tagger.tag("the airport is complete .".split())[3].pos == "ADJ"
+    assert tagger.tag("a complete .".split())[1].pos == "NOUN"  # no context: the default

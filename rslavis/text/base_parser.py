@@ -122,14 +122,16 @@ class BaseCaptionParser:
     def _unit_end(self, toks, i):
         """End (exclusive) and canonical name of the longest known compound starting at ``i``."""
         n_max = min(self.table.max_compound_words, len(toks) - i)
+        heads = self.table.compounds_by_head  # a phrase whose last word heads no compound is none
         for n in range(n_max, 1, -1):
-            words = [t.text for t in toks[i : i + n - 1]] + [toks[i + n - 1].lemma]
+            last = toks[i + n - 1]
             # a compound is nouns and their modifiers: no punctuation, numeral, determiner,
             # preposition, conjunction or pronoun inside, and it ends on a noun ("cars parked"
             # is no "car park")
-            if toks[i + n - 1].pos not in NOUN_POS or any(t.pos in BLOCK_POS or t.lemma in BLOCK_LEMMAS
-                                                          for t in toks[i : i + n]):
+            if last.pos not in NOUN_POS or last.lemma.rsplit(" ", 1)[-1] not in heads or any(
+                    t.pos in BLOCK_POS or t.lemma in BLOCK_LEMMAS for t in toks[i : i + n]):
                 continue
+            words = [t.text for t in toks[i : i + n - 1]] + [last.lemma]
             found = self.table.compound(" ".join(words))
             if found is not None:
                 return i + n, found
@@ -138,6 +140,8 @@ class BaseCaptionParser:
     def _compound_before(self, toks, i):
         """(start, name) of a known compound ending at noun ``i`` whose modifiers are not
         tagged as nouns ("photovoltaic panel", "swimming pool" with "swimming" a verb)."""
+        if toks[i].lemma.rsplit(" ", 1)[-1] not in self.table.compounds_by_head:
+            return i, None  # no compound ends on this word (see SynonymTable.compound)
         for n in range(min(self.table.max_compound_words, i + 1), 1, -1):
             mods = toks[i - n + 1 : i]
             if any(t.pos in BLOCK_POS or t.lemma in BLOCK_LEMMAS for t in mods):
@@ -237,6 +241,22 @@ class BaseCaptionParser:
 
 def combine_mentions(mentions):
     """Rule 3: ``{name: count or None}`` from ``[(name, kind, value)]`` (order does not matter)."""
+    out = {}
+    zero = False
+    for name, kind, value in mentions:  # the common case: one mention per object
+        if name in out:
+            return _combine_repeated(mentions)
+        if kind == "vague":
+            out[name] = None
+        elif kind == "exact":
+            out[name] = min(value, MAX_COUNT) if value > 0 else 0
+            zero = zero or value <= 0
+        else:
+            out[name] = 1
+    return {k: v for k, v in out.items() if v != 0} if zero else out
+
+
+def _combine_repeated(mentions):
     by_name = {}
     for name, kind, value in mentions:
         if name in by_name:

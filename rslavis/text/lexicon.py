@@ -124,6 +124,9 @@ def build_tables(tagged, min_count=2):
                 pp = upos[toks[i - 1].text] if i else "PUNCT"
                 np_ = upos[toks[i + 1].text] if i + 1 < len(toks) else "PUNCT"
                 oov_ctx[f"{pp} {np_}"][t.pos] += 1
+    # the unknown-word classifier learns from words seen at most 5 times
+    tables_oov = train_oov(tagged, {w for w, c in uni.items() if sum(c.values()) <= 5 and w.isalpha() and len(w) > 3},
+                           upos)
     ambiguous = {}
     for w, c in uni.items():
         total = sum(c.values())
@@ -141,6 +144,8 @@ def build_tables(tagged, min_count=2):
         "mod": mods,
         "no_mod_next": no_mod_next,
         "suffix": {s: c.most_common(1)[0][0] for s, c in suffix.items() if sum(c.values()) >= 2},
+        "oov_classes": tables_oov[0],
+        "oov_weights": tables_oov[1],
         "oov_context": {k: c.most_common(1)[0][0] for k, c in oov_ctx.items()
                         if sum(c.values()) >= 5 and c.most_common(1)[0][1] >= 0.6 * sum(c.values())},
     }
@@ -156,12 +161,14 @@ def context_features(ws, upos, i, hard=(), first=True):
     tags (one either side, so a tag depends only on its segment of the caption, see
     :func:`hard_words`) and whether it starts the caption."""
     n = len(ws)
-    p = ws[i - 1] if i > 0 else ("<s>" if first else "<b>")
-    nx = ws[i + 1] if i + 1 < n else "</s>"
-    pp = upos[i - 1] if i > 0 else "S"
-    np_ = upos[i + 1] if i + 1 < n else "E"
+    return features_of(ws[i - 1] if i > 0 else ("<s>" if first else "<b>"), ws[i + 1] if i + 1 < n else "</s>",
+                       upos[i - 1] if i > 0 else "S", upos[i + 1] if i + 1 < n else "E", i == 0 and first)
+
+
+def features_of(p, nx, pp, np_, is_first):
+    """:func:`context_features` from the previous and next word and their parts of speech."""
     return ("b", "p=" + p, "n=" + nx, "pp=" + pp, "np=" + np_, "ppnp=" + pp + np_,
-            "first" if (i == 0 and first) else "notfirst", "ns=" + nx[-2:], "pn=" + p + " " + nx)
+            "first" if is_first else "notfirst", "ns=" + nx[-2:], "pn=" + p + " " + nx)
 
 
 def boundary_tag(w, tag):
@@ -208,8 +215,6 @@ def hard_words(tables, compound_words=(), with_semi=False):
 
 def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):
     """Averaged perceptron per ambiguous word: ``{word: {feature: {tag index: weight}}}``."""
-    import random
-
     examples = []
     for toks in tagged:
         ws = [t.text for t in toks]
@@ -222,6 +227,15 @@ def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):
                 cands = ambiguous[t.text]
                 if gold in cands:
                     examples.append((t.text, context_features(ws, up, i, hard), cands.index(gold)))
+    return averaged_perceptron(examples, {w: len(c) for w, c in ambiguous.items()}, epochs)
+
+
+def averaged_perceptron(examples, n_classes, epochs=5):
+    """``{model: {feature: {class index: weight}}}`` from ``[(model, features, gold index)]``
+    (``n_classes[model]`` classes each), shuffled with a fixed seed."""
+    import random
+
+    examples = list(examples)
     w_, tot, stamp = defaultdict(float), defaultdict(float), defaultdict(int)
     rng = random.Random(0)
     step = 0
@@ -229,7 +243,7 @@ def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):
         rng.shuffle(examples)
         for word, feats, gold in examples:
             step += 1
-            k = len(ambiguous[word])
+            k = n_classes[word]
             scores = [0.0] * k
             for f in feats:
                 for c in range(k):
@@ -249,6 +263,34 @@ def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):
             word, f, c = key
             out.setdefault(word, {}).setdefault(f, {})[str(c)] = round(avg, 4)
     return out
+
+
+def oov_features(w, p, pp, nx, np_, first):
+    """Features of a word the lexicon does not hold: its ending, its neighbours' words and
+    parts of speech (one either side, as :func:`context_features`)."""
+    return ("b", "s1=" + w[-1:], "s2=" + w[-2:], "s3=" + w[-3:], "s4=" + w[-4:], "p=" + p, "n=" + nx,
+            "pp=" + pp, "np=" + np_, "ppnp=" + pp + np_, "pps3=" + pp + w[-3:], "nps2=" + np_ + w[-2:],
+            "first" if first else "notfirst")
+
+
+def train_oov(tagged, rare, upos, epochs=5):
+    """(classes, weights) of the unknown-word classifier, learnt on the rare training words
+    (seen at most twice: they look like words a caption brings that training never had)."""
+    examples, classes = [], []
+    for toks in tagged:
+        for i, t in enumerate(toks):
+            if t.text not in rare:
+                continue
+            tag = [t.pos, int(bool(t.participle))]
+            if tag not in classes:
+                classes.append(tag)
+            p = toks[i - 1].text if i else "<s>"
+            nx = toks[i + 1].text if i + 1 < len(toks) else "</s>"
+            pp = upos[p] if i else "PUNCT"
+            np_ = upos[nx] if i + 1 < len(toks) else "PUNCT"
+            examples.append(("oov", oov_features(t.text, p, pp, nx, np_, i == 0), classes.index(tag)))
+    weights = averaged_perceptron(examples, {"oov": len(classes)}, epochs).get("oov", {})
+    return classes, weights
 
 
 def build_lexicon(data_dir, out=LEXICON_PATH, min_count=2, model=None):

@@ -16,8 +16,8 @@ parser's blank-pipeline fallback.
 import re
 
 from rslavis.common.registry import registry
-from rslavis.text.base_parser import (DEFINITE_WORDS, NUMBER_WORDS, ONE_WORDS, TWO_WORDS, VAGUE_WORDS,
-                                      BaseCaptionParser, Tok, combine_mentions)
+from rslavis.text.base_parser import (DEFINITE_WORDS, NOUN_POS, NUMBER_WORDS, ONE_WORDS, TWO_WORDS,
+                                      VAGUE_WORDS, BaseCaptionParser, Tok, combine_mentions)
 from rslavis.text.tokenize import tokenize_batch
 
 IRREGULAR_PLURALS = {
@@ -132,6 +132,8 @@ class LexiconTagger:
         self.no_mod_next = frozenset(lex.get("no_mod_next", ()))
         self.suffix = dict(lex["suffix"])
         self.oov_context = {tuple(k.split(" ")): v for k, v in lex.get("oov_context", {}).items()}
+        self.oov_classes = [tuple(c) for c in lex.get("oov_classes", ())]
+        self.oov_weights = {f: {int(c): v for c, v in cs.items()} for f, cs in lex.get("oov_weights", {}).items()}
         self.ambiguous = {w: [_tag_tuple(t, w) for t in tags] for w, tags in lex.get("ambiguous", {}).items()}
         self.weights = {w: {f: {int(c): v for c, v in cs.items()} for f, cs in fs.items()}
                         for w, fs in lex.get("weights", {}).items()}
@@ -150,7 +152,13 @@ class LexiconTagger:
         self.looks_left = ({k[1] for k in self.tri} | {k[1] for k in self.left} | {k[1] for k in self.left_pos}
                            | set(self.weights))
         self.boundary_class = {w: boundary_class(w) for w in self.hard | self.semi_hard}
-        self._decided = {}
+        self.cut_words = frozenset(self.hard | self.semi_hard)
+        self.special = frozenset(self.contextual | set(self.weights))  # tagged in context
+        # known words whose tag and modifier flag ignore the next / the previous word
+        self.blind_right = frozenset(set(self.words) - self.looks_right)
+        self.blind_left = frozenset(set(self.words) - self.looks_left)
+        self._ctx = {}
+        self._semi = {}
 
     def is_boundary_tag(self, w, tag, nxt):
         """Whether ``w`` tagged ``tag`` (before ``nxt``) cuts the caption (see :func:`~rslavis.text.lexicon.hard_words`)."""
@@ -158,19 +166,47 @@ class LexiconTagger:
 
         return boundary_tag(w, tag) and not self.mod.get((w, nxt), False)
 
-    def guess_in_context(self, w, ws, upos, i, nxt):
-        """Tag of an unknown word from its neighbours' parts of speech, else :meth:`guess`."""
+    def semi_boundary(self, prev, w, nxt):
+        """The tag of the semi-hard word ``w`` between ``prev`` and ``nxt`` when it cuts the
+        caption there, else None (a function of the three words: cached)."""
+        key = (prev, w, nxt)
+        if key in self._semi:
+            return self._semi[key]
+        ws = [prev, w] if nxt == "</s>" else [prev, w, nxt]
+        upos = [(self.words.get(x) or self.guess(x))[0] for x in ws]
+        t = self.tag_at(ws, upos, 1, True, "</s>", self.words[w])
+        hit = t if self.is_boundary_tag(w, t, nxt) else None
+        if len(self._semi) > 200000:
+            self._semi.clear()
+        self._semi[key] = hit
+        return hit
+
+    def guess_in_context(self, w, ws, upos, i, nxt, first=True):
+        """Tag of an unknown word: the classifier of :func:`~rslavis.text.lexicon.train_oov`
+        (its ending, its neighbours' words and parts of speech), else :meth:`guess`."""
         pp = upos[i - 1] if i else "PUNCT"
         if i + 1 < len(ws):
             np_ = upos[i + 1]
         else:
             np_ = "PUNCT" if nxt == "</s>" else (self.words.get(nxt) or self.guess(nxt))[0]
-        pos = self.oov_context.get((pp, np_))
-        if pos is None:
-            return self.guess(w)
+        if self.oov_weights:
+            from rslavis.text.lexicon import oov_features
+
+            p = ws[i - 1] if i else ("<s>" if first else "<b>")
+            nx_w = ws[i + 1] if i + 1 < len(ws) else nxt
+            scores = [0.0] * len(self.oov_classes)
+            get = self.oov_weights.get
+            for f in oov_features(w, p, pp, nx_w, np_, first and i == 0):
+                for c, v in (get(f) or {}).items():
+                    scores[c] += v
+            pos, part = self.oov_classes[max(range(len(scores)), key=lambda c: (scores[c], -c))]
+        else:
+            pos, part = self.oov_context.get((pp, np_)), False
+            if pos is None:
+                return self.guess(w)
         if pos in ("NOUN", "PROPN") and w.endswith("s") and not w.endswith("ss"):
             return (pos, noun_lemma(w, self.known), True, False)
-        return (pos, w, False, False)
+        return (pos, w, False, bool(part))
 
     def guess(self, w):
         """Tag of a word the lexicon does not hold."""
@@ -187,30 +223,49 @@ class LexiconTagger:
 
     def tag(self, ws, first=True, nxt="</s>", first_tag=None):
         """:data:`Tok` list of the words ``ws`` (a caption, or a segment of one followed by
-        ``nxt``; ``first_tag``: the tag of its first word, found in the whole caption)."""
+        ``nxt``; ``first_tag``: the tag of its first word, found in the whole caption).
+
+        A word's tag is a function of the word and its two neighbours (``"<s>"`` before the
+        caption, ``"<b>"`` before a segment): the tags of contextual and unknown words are
+        cached per such triple."""
         n = len(ws)
-        get = self.words.get
-        tags = [get(w) or self.guess(w) for w in ws]
-        upos = [t[0] for t in tags]
-        contextual, weights = self.contextual, self.weights
+        words, special, ctx = self.words, self.special, self._ctx
+        oov = self.oov_weights or self.oov_context
+        tags = []
+        upos = None
         for i in range(n):
             w = ws[i]
-            if w in weights or w in contextual:
-                tags[i] = self.tag_at(ws, upos, i, first, nxt, tags[i])
-            elif self.oov_context and w not in self.words and w not in self.known and w.isalpha() and len(w) > 3:
-                tags[i] = self.guess_in_context(w, ws, upos, i, nxt)
+            t = words.get(w)
+            if t is not None and w not in special:
+                tags.append(t)
+                continue
+            if t is None and not (oov and w not in self.known and w.isalpha() and len(w) > 3):
+                tags.append(self.guess(w))
+                continue
+            key = (ws[i - 1] if i else ("<s>" if first else "<b>"), w, ws[i + 1] if i + 1 < n else nxt)
+            hit = ctx.get(key)
+            if hit is None:
+                if upos is None:
+                    upos = [(words.get(x) or self.guess(x))[0] for x in ws]
+                if t is None:
+                    hit = self.guess_in_context(w, ws, upos, i, nxt, first)
+                else:
+                    hit = self.tag_at(ws, upos, i, first, nxt, t)
+                if len(ctx) > 200000:
+                    ctx.clear()
+                ctx[key] = hit
+            tags.append(hit)
         if first_tag is not None:
             tags[0] = first_tag
         toks = []
-        mod = self.mod
+        mod, no_mod_next, new = self.mod, self.no_mod_next, tuple.__new__
         for i in range(n):
             pos, lem, pl, part = tags[i]
             nx = ws[i + 1] if i + 1 < n else nxt
             m = mod.get((ws[i], nx))
             if m is None:
-                m = (pos in ("NOUN", "PROPN") and i + 1 < n and tags[i + 1][0] in ("NOUN", "PROPN")
-                     and nx not in self.no_mod_next)
-            toks.append(Tok(ws[i], lem, pos, pl, m, part))
+                m = (i + 1 < n and pos in NOUN_POS and tags[i + 1][0] in NOUN_POS and nx not in no_mod_next)
+            toks.append(new(Tok, (ws[i], lem, pos, pl, m, part)))
         return toks
 
     def tag_at(self, ws, upos, i, first, nxt, default):
@@ -230,29 +285,24 @@ class LexiconTagger:
                 or default)
 
     def _decide(self, ws, upos, i, first, nxt):
-        ext_ws, ext_pos = ws, upos
-        if nxt != "</s>":  # a segment: its next word is context, never beyond
-            ext_ws, ext_pos = ws + [nxt], upos + [(self.words.get(nxt) or ("PUNCT",))[0]]
-        n = len(ext_ws)
-        # the features are a function of the word, its two neighbours and whether it starts the caption
-        key = (ext_ws[i - 1] if i else ("<s>" if first else "<b>"), ext_ws[i],
-               ext_ws[i + 1] if i + 1 < n else "</s>", first and i == 0)
-        hit = self._decided.get(key)
-        if hit is None:
-            from rslavis.text.lexicon import context_features
+        """The ambiguous word ``ws[i]``'s tag by its classifier (a segment's next word ``nxt`` is context, never beyond)."""
+        from rslavis.text.lexicon import features_of
 
-            w = ws[i]
-            wt = self.weights[w]
-            cands = self.ambiguous[w]
-            scores = [0.0] * len(cands)
-            for f in context_features(ext_ws, ext_pos, i, self.hard, first):
-                for c, v in wt.get(f, {}).items():
-                    scores[c] += v
-            hit = cands[max(range(len(cands)), key=lambda c: (scores[c], -c))]
-            if len(self._decided) > 200000:
-                self._decided.clear()
-            self._decided[key] = hit
-        return hit
+        n = len(ws)
+        if i + 1 < n:
+            nx, np_ = ws[i + 1], upos[i + 1]
+        elif nxt != "</s>":
+            nx, np_ = nxt, (self.words.get(nxt) or ("PUNCT",))[0]
+        else:
+            nx, np_ = "</s>", "E"
+        p, pp = (ws[i - 1], upos[i - 1]) if i else ("<s>" if first else "<b>", "S")
+        wt = self.weights[ws[i]]
+        cands = self.ambiguous[ws[i]]
+        scores = [0.0] * len(cands)
+        for f in features_of(p, nx, pp, np_, first and i == 0):
+            for c, v in wt.get(f, {}).items():
+                scores[c] += v
+        return cands[max(range(len(cands)), key=lambda c: (scores[c], -c))]
 
 
 def tag_rules(words, lemmas, table):
@@ -328,32 +378,30 @@ class RulesCaptionParser(BaseCaptionParser):
         if not n:
             return {}
         tagger = self.tagger
-        hard, semi = tagger.hard, tagger.semi_hard
-        looks_right, looks_left, bclass = tagger.looks_right, tagger.looks_left, tagger.boundary_class
-        known = tagger.words
-        segments = self._segments
-        cuts = [i for i in range(1, n) if ws[i] in hard or ws[i] in semi]
+        cut_words, semi = tagger.cut_words, tagger.semi_hard
+        cuts = [i for i in range(1, n) if ws[i] in cut_words]
         forced = {}
-        if any(ws[i] in semi for i in cuts):  # a boundary only where the context tags it as one
-            upos = [(tagger.words.get(w) or tagger.guess(w))[0] for w in ws]
+        if semi.intersection(ws):  # a boundary only where the context tags it as one
             kept = []
             for i in cuts:
                 if ws[i] in semi:
-                    t = tagger.tag_at(ws, upos, i, True, "</s>", tagger.words[ws[i]])
-                    if not tagger.is_boundary_tag(ws[i], t, ws[i + 1] if i + 1 < n else "</s>"):
+                    t = tagger.semi_boundary(ws[i - 1], ws[i], ws[i + 1] if i + 1 < n else "</s>")
+                    if t is None:
                         continue
                     forced[i] = t
                 kept.append(i)
             cuts = kept
         cuts.append(n)
+        blind_right, blind_left, bclass = tagger.blind_right, tagger.blind_left, tagger.boundary_class
+        segments = self._segments
         mentions = []
         start = 0
         for i in cuts:
             nxt = ws[i] if i < n else "</s>"
             # the next word only matters as the context of the segment's last word
             # (unknown words look both ways: their tag comes from their neighbours' parts of speech)
-            right = nxt if ws[i - 1] in looks_right or ws[i - 1] not in known else None
-            if start and i - start > 1 and ws[start + 1] not in looks_left and ws[start + 1] in known:
+            right = None if ws[i - 1] in blind_right else nxt
+            if start and i - start > 1 and ws[start + 1] in blind_left:
                 # the segment's first word is a boundary word its second word does not look at
                 key = (False, right, bclass[ws[start]], *ws[start + 1:i])
             else:

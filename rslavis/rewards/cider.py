@@ -210,10 +210,9 @@ class CiderD(BaseReward):
         ids = table.word_ids(flat, lengths, grow=False)
         dense, owner, tmp_order = table.ngrams(ids, lengths, grow=False)
         g = table.size
-        span = g + tmp_order.size
-        comb, tf = np.unique(owner * span + dense, return_counts=True)
-        cu = comb // span
-        d = comb - cu * span
+        comb, tf = np.unique((owner << 32) | dense, return_counts=True)
+        cu = comb >> 32
+        d = comb & 0xFFFFFFFF
         idf, order = self._idf_now(), table.order
         if tmp_order.size:  # n-grams no reference holds: df 0
             idf = np.concatenate([idf, np.full(tmp_order.size, self.ref_len)])
@@ -271,12 +270,10 @@ class CiderD(BaseReward):
         val = val.reshape(b, n, m_max).transpose(0, 2, 1)  # (b, m, n)
 
         n_refs = pool.m[eidx]
-        present = np.arange(m_max)[None, :] < n_refs[:, None]
-        rows = np.where(present, pool.start[eidx][:, None] + np.arange(m_max)[None, :], 0)
-        denom = norm_h[:, None, :] * np.where(present[:, :, None], pool.norm[rows], 0.0)
-        val = np.divide(val, denom, out=val.copy(), where=denom != 0)
-        pen = np.exp(-((len_h[:, None] - np.where(present, pool.length[rows], 0.0)) ** 2) / (2 * self.sigma**2))
-        score = (val * pen[:, :, None]).sum(axis=1).mean(axis=1) / n_refs * 10.0
+        denom = norm_h[:, None, :] * pool.norm[eidx]  # 0 where a reference is absent: val is 0 there too
+        val = np.divide(val, denom, out=np.zeros_like(val), where=denom != 0)
+        pen = np.exp((len_h[:, None] - pool.length[eidx]) ** 2 / (-2 * self.sigma**2))
+        score = np.einsum("bmn,bm->b", val, pen) * (10.0 / n) / n_refs
         return np.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
 
     def __call__(self, generated, references, **extra):

@@ -23,46 +23,6 @@ _EMPTY = np.zeros(0, np.int64)
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key * 2**64 / golden ratio
 
 
-def hash_bits(keys, bits):
-    """``bits``-bit hash (int64) of non-negative int64 keys."""
-    return ((np.ascontiguousarray(keys, dtype=np.int64).view(np.uint64) * _MUL) >> np.uint64(64 - bits)).view(np.int64)
-
-
-def probe_get(tkeys, tvals, keys, slot, base, mask, default=-1):
-    """Open-addressing look-up: ``keys`` from their first ``slot`` on, the next slot being
-    ``base + ((slot - base + 1) & mask)`` (a table, or each key's region of one); empty
-    slots hold -1. Returns the value of each key, ``default`` where absent."""
-    k = tkeys[slot]
-    hit = k == keys
-    out = np.where(hit, tvals[slot], default)
-    todo = np.flatnonzero(~hit & (k >= 0))
-    while todo.size:  # keys that met another key: the next slot
-        b = base if np.ndim(base) == 0 else base[todo]
-        s = b + ((slot[todo] - b + 1) & (mask if np.ndim(mask) == 0 else mask[todo]))
-        slot[todo] = s
-        k = tkeys[s]
-        hit = k == keys[todo]
-        out[todo[hit]] = tvals[s[hit]]
-        todo = todo[~hit & (k >= 0)]
-    return out
-
-
-def probe_insert(tkeys, tvals, keys, vals, slot, base, mask):
-    """Insert distinct absent ``keys`` (in place), probing as :func:`probe_get` does."""
-    todo = np.arange(keys.size)
-    while todo.size:
-        s = slot[todo]
-        free = tkeys[s] < 0
-        taken, first = np.unique(s[free], return_index=True)  # one key per free slot and round
-        win = todo[free][first]
-        tkeys[taken], tvals[taken] = keys[win], vals[win]
-        placed = np.zeros(keys.size, dtype=bool)
-        placed[win] = True
-        todo = todo[~placed[todo]]
-        b = base if np.ndim(base) == 0 else base[todo]
-        slot[todo] = b + ((slot[todo] - b + 1) & (mask if np.ndim(mask) == 0 else mask[todo]))
-
-
 class KeyIndex:
     """Map from non-negative int64 keys to int64 values: an open-addressing hash table
     (linear probing, at most half full) whose look-ups and inserts are numpy over arrays.
@@ -79,10 +39,25 @@ class KeyIndex:
         self.keys = np.full(1 << bits, -1, dtype=np.int64)  # -1: empty slot
         self.vals = np.zeros(1 << bits, dtype=np.int64)
 
+    def _slot(self, keys):
+        return ((keys.view(np.uint64) * _MUL) >> np.uint64(64 - self.bits)).view(np.int64)
+
     def get(self, keys, default=-1):
         """Value of each key, ``default`` where it is absent."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
-        return probe_get(self.keys, self.vals, keys, hash_bits(keys, self.bits), 0, self.mask, default)
+        slot = self._slot(keys)
+        k = self.keys[slot]
+        hit = k == keys
+        out = np.where(hit, self.vals[slot], default)
+        todo = np.flatnonzero(~hit & (k >= 0))
+        while todo.size:  # keys that met another key: the next slot
+            s = (slot[todo] + 1) & self.mask
+            slot[todo] = s
+            k = self.keys[s]
+            hit = k == keys[todo]
+            out[todo[hit]] = self.vals[s[hit]]
+            todo = todo[~hit & (k >= 0)]
+        return out
 
     def add(self, keys, vals):
         """Insert ``keys`` (distinct, none present yet) with their values."""
@@ -92,9 +67,23 @@ class KeyIndex:
             live = self.keys >= 0
             old_k, old_v = self.keys[live], self.vals[live]
             self._alloc(max(self.bits, (3 * need).bit_length()))
-            probe_insert(self.keys, self.vals, old_k, old_v, hash_bits(old_k, self.bits), 0, self.mask)
-        probe_insert(self.keys, self.vals, keys, np.asarray(vals, dtype=np.int64), hash_bits(keys, self.bits), 0, self.mask)
+            self._insert(old_k, old_v)
+        self._insert(keys, np.asarray(vals, dtype=np.int64))
         self.count = need
+
+    def _insert(self, keys, vals):
+        slot = self._slot(keys)
+        todo = np.arange(keys.size)
+        while todo.size:
+            s = slot[todo]
+            free = self.keys[s] < 0
+            taken, first = np.unique(s[free], return_index=True)  # one key per free slot and round
+            win = todo[free][first]
+            self.keys[taken], self.vals[taken] = keys[win], vals[win]
+            placed = np.zeros(keys.size, dtype=bool)
+            placed[win] = True
+            todo = todo[~placed[todo]]
+            slot[todo] = (slot[todo] + 1) & self.mask
 
 
 class NgramTable:

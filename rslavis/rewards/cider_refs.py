@@ -3,8 +3,9 @@
 An image is keyed by the tuple of its reference strings. Entry ``e``'s TF-IDF weights
 are rows of ``w`` (one column per reference) under the sorted keys
 ``(e << 30) | n-gram id`` of ``keys``, so a batch finds every candidate n-gram in its
-image's references with one ``searchsorted`` over the pool; per-reference norms and
-lengths are rows ``start[e] .. start[e] + m[e]`` of ``norm`` / ``length``. Most candidate
+image's references with one ``searchsorted`` over the pool; its references' norms
+and lengths are ``norm[e]`` / ``length[e]``, padded with zeros to the most references of an
+entry (``m[e]`` are real). Most candidate
 n-grams are not in their image's references: a 512-bit mask per entry (bit ``id % 512``
 set for each of its n-grams) rules most of them out before the search.
 """
@@ -69,10 +70,9 @@ class RefPool:
     def clear(self):
         self.index = {}  # tuple of reference strings -> entry
         self.count = 0
-        self.start = np.zeros(0, np.int64)  # first row of each entry in norm/length
         self.m = np.zeros(0, np.int64)  # references of each entry
-        self.norm = np.zeros((0, self.n))  # per reference: norm of each n-gram order
-        self.length = np.zeros(0)  # per reference: number of bigrams (pycocoevalcap's length)
+        self.norm = np.zeros((0, 1, self.n))  # per entry and reference: norm of each n-gram order
+        self.length = np.zeros((0, 1))  # per entry and reference: number of bigrams (pycocoevalcap's length)
         self.keys = np.zeros(0, np.int64)  # (entry << 30) | n-gram id, sorted
         self.w = np.zeros((0, 1))  # weight of that n-gram in each of the entry's references
         self.bits = np.zeros(0, np.uint64)  # per entry _MASK_WORDS words: bit id % 512 of its n-grams
@@ -110,9 +110,15 @@ class RefPool:
         np.bitwise_or.at(bits, ((pairs >> ID_BITS) << _MASK_SHIFT) | ((ngram >> 6) & (_MASK_WORDS - 1)),
                          np.left_shift(np.uint64(1), (ngram & 63).astype(np.uint64)))
         self.bits = np.concatenate([self.bits, bits])
-        self.start = np.concatenate([self.start, first_ref + self.length.size])
         self.m = np.concatenate([self.m, counts])
-        self.norm = np.concatenate([self.norm, nrm.reshape(n_refs, self.n)])
-        self.length = np.concatenate([self.length, np.maximum(np.asarray(lengths) - 1, 0).astype(np.float64)])
+        e_of_ref = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        c_of_ref = np.arange(n_refs, dtype=np.int64) - first_ref[e_of_ref]
+        norm = np.zeros((counts.size, m_max, self.n))
+        norm[e_of_ref, c_of_ref] = nrm.reshape(n_refs, self.n)
+        length = np.zeros((counts.size, m_max))
+        length[e_of_ref, c_of_ref] = np.maximum(np.asarray(lengths) - 1, 0)
+        pad = m_max - self.length.shape[1]
+        self.norm = np.concatenate([np.pad(self.norm, ((0, 0), (0, pad), (0, 0))), norm])
+        self.length = np.concatenate([np.pad(self.length, ((0, 0), (0, pad))), length])
         self.index.update(zip(tuples, range(first_entry, first_entry + len(tuples))))
         self.count += len(tuples)

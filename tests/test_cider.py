@@ -243,3 +243,22 @@ def test_small_cache_and_corpus_larger_than_cache():
         assert scorer.pool.count <= max(cache_size, 10)  # one batch's images always fit
     with pytest.raises(ConfigError, match="cache_size"):
         CiderD(cache_size=0)
+
+
+def test_key_index_is_a_map():
+    # the hash table behind the n-gram ids: every key found with its value, absent keys
+    # -1, across inserts that grow it; keys that share their low or high bits included
+    from rslavis.rewards.cider_ngrams import KeyIndex
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(np.concatenate([rng.integers(0, 1 << 62, 20000), np.arange(0, 1 << 40, 1 << 28),
+                                     (np.arange(3000, dtype=np.int64) << 50)]))
+    rng.shuffle(keys)
+    vals = rng.integers(0, 1 << 40, keys.size)
+    index, expected = KeyIndex(), {}
+    for part in np.array_split(np.arange(keys.size), 7):
+        index.add(keys[part], vals[part])
+        expected.update(zip(keys[part].tolist(), vals[part].tolist()))
+        probe = np.concatenate([keys[: part[-1] + 1], keys[part[-1] + 1 :][:500], [1, 5, (1 << 62) + 3]])
+        assert index.get(probe).tolist() == [expected.get(k, -1) for k in probe.tolist()]
+    assert index.count == keys.size and 2 * index.count <= index.keys.size

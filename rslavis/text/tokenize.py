@@ -229,13 +229,19 @@ def _not_plain(buf, a):
             w = buf[start[k] : dots[k]].decode("ascii")
             if (len(w) == 1 and w.isalpha()) or w in _KEEP_DOT:
                 bad[dots[k]] = True
+    return np.flatnonzero(bad)
+
+
+def _split_word_positions(buf):
+    """Where a word of _SPLIT_WORDS ("cannot", "gonna", ...) starts in ``buf``."""
+    out = []
     for w in _SPLIT_WORDS:
         wb = w.encode()
         at = buf.find(wb)
         while at >= 0:
-            bad[at] = True
+            out.append(at)
             at = buf.find(wb, at + 1)
-    return np.flatnonzero(bad)
+    return np.asarray(out, dtype=np.int64)
 
 
 def _ptb_flat(texts):
@@ -249,11 +255,11 @@ def _ptb_flat(texts):
         joined = "\n".join(texts)
     buf = b"\n" + joined.lower().encode("ascii", "replace") + b"\n"  # one byte per character
     a = np.frombuffer(buf, np.uint8)
-    nl = np.flatnonzero(a == 10)  # caption k lies between nl[k] and nl[k + 1]
+    nl = nl_buf = np.flatnonzero(a == 10)  # caption k lies between nl[k] and nl[k + 1]
     if nl.size != n + 1:  # a caption holds a newline: one caption at a time
         toks = [ptb_tokenize(t) for t in texts]
         return list(chain.from_iterable(toks)), np.fromiter(map(len, toks), np.int64, count=n)
-    bad_lines = np.unique(np.searchsorted(nl, _not_plain(buf, a)) - 1)
+    bad = _not_plain(buf, a)
     plain = buf.translate(_DROP)
     if b"'" in plain:
         plain = plain.replace(b"'s", b" 's")
@@ -262,6 +268,9 @@ def _ptb_flat(texts):
     else:
         a = np.frombuffer(plain, np.uint8)
     flat = plain.decode("ascii").split()
+    if not _SPLIT_SET.isdisjoint(flat):  # rare: find them (one pass over the tokens instead of six over the text)
+        bad = np.concatenate([bad, _split_word_positions(buf)])
+    bad_lines = np.unique(np.searchsorted(nl_buf, bad) - 1)
     tok = _IS_TOK[a]
     lengths = np.bincount(np.searchsorted(nl, np.flatnonzero(tok[1:] & ~tok[:-1]) + 1), minlength=n + 1)[1:]
     if bad_lines.size:

@@ -45,7 +45,8 @@ class ObjectRewardMixin:
         """The generated object that names ``gt_name`` (synonyms, typos, compound heads), or None."""
         if gt_name in generated_objects:
             return gt_name
+        same = self.table.same_object
         for h in generated_objects:
-            if self.table.same_object(gt_name, h):
+            if same(gt_name, h):
                 return h
         return None

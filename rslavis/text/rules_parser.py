@@ -18,6 +18,7 @@ import re
 from rslavis.common.registry import registry
 from rslavis.text.base_parser import (DEFINITE_WORDS, NOUN_POS, NUMBER_WORDS, ONE_WORDS, TWO_WORDS,
                                       VAGUE_WORDS, BaseCaptionParser, Tok, combine_mentions)
+from rslavis.text.lexicon import features_of, oov_features
 from rslavis.text.tokenize import tokenize_batch
 
 IRREGULAR_PLURALS = {
@@ -133,9 +134,9 @@ class LexiconTagger:
         self.suffix = dict(lex["suffix"])
         self.oov_context = {tuple(k.split(" ")): v for k, v in lex.get("oov_context", {}).items()}
         self.oov_classes = [tuple(c) for c in lex.get("oov_classes", ())]
-        self.oov_weights = {f: {int(c): v for c, v in cs.items()} for f, cs in lex.get("oov_weights", {}).items()}
+        self.oov_weights = {f: tuple((int(c), v) for c, v in cs.items()) for f, cs in lex.get("oov_weights", {}).items()}
         self.ambiguous = {w: [_tag_tuple(t, w) for t in tags] for w, tags in lex.get("ambiguous", {}).items()}
-        self.weights = {w: {f: {int(c): v for c, v in cs.items()} for f, cs in fs.items()}
+        self.weights = {w: {f: tuple((int(c), v) for c, v in cs.items()) for f, cs in fs.items()}
                         for w, fs in lex.get("weights", {}).items()}
         self.known = set(known) | {t[1] for t in self.words.values() if t[0] in ("NOUN", "PROPN")}
         # a configured noun the lexicon tags otherwise is not a boundary either
@@ -190,14 +191,12 @@ class LexiconTagger:
         else:
             np_ = "PUNCT" if nxt == "</s>" else (self.words.get(nxt) or self.guess(nxt))[0]
         if self.oov_weights:
-            from rslavis.text.lexicon import oov_features
-
             p = ws[i - 1] if i else ("<s>" if first else "<b>")
             nx_w = ws[i + 1] if i + 1 < len(ws) else nxt
             scores = [0.0] * len(self.oov_classes)
             get = self.oov_weights.get
             for f in oov_features(w, p, pp, nx_w, np_, first and i == 0):
-                for c, v in (get(f) or {}).items():
+                for c, v in get(f, ()):
                     scores[c] += v
             pos, part = self.oov_classes[max(range(len(scores)), key=lambda c: (scores[c], -c))]
         else:
@@ -286,8 +285,6 @@ class LexiconTagger:
 
     def _decide(self, ws, upos, i, first, nxt):
         """The ambiguous word ``ws[i]``'s tag by its classifier (a segment's next word ``nxt`` is context, never beyond)."""
-        from rslavis.text.lexicon import features_of
-
         n = len(ws)
         if i + 1 < n:
             nx, np_ = ws[i + 1], upos[i + 1]
@@ -300,9 +297,10 @@ class LexiconTagger:
         cands = self.ambiguous[ws[i]]
         scores = [0.0] * len(cands)
         for f in features_of(p, nx, pp, np_, first and i == 0):
-            for c, v in wt.get(f, {}).items():
+            for c, v in wt.get(f, ()):
                 scores[c] += v
-        return cands[max(range(len(cands)), key=lambda c: (scores[c], -c))]
+        best = max(scores)
+        return cands[scores.index(best)]  # ties: the first (most frequent) tag
 
 
 def tag_rules(words, lemmas, table):
@@ -378,7 +376,7 @@ class RulesCaptionParser(BaseCaptionParser):
         if not n:
             return {}
         tagger = self.tagger
-        cut_words, semi = tagger.cut_words, tagger.semi_hard
+        cut_words, semi, hard = tagger.cut_words, tagger.semi_hard, tagger.hard
         cuts = [i for i in range(1, n) if ws[i] in cut_words]
         forced = {}
         if semi.intersection(ws):  # a boundary only where the context tags it as one
@@ -401,8 +399,9 @@ class RulesCaptionParser(BaseCaptionParser):
             # the next word only matters as the context of the segment's last word
             # (unknown words look both ways: their tag comes from their neighbours' parts of speech)
             right = None if ws[i - 1] in blind_right else nxt
-            if start and i - start > 1 and ws[start + 1] in blind_left:
+            if i - start > 1 and ws[start + 1] in blind_left and (start or ws[0] in hard):
                 # the segment's first word is a boundary word its second word does not look at
+                # (the caption's first segment too, when it starts with a hard word)
                 key = (False, right, bclass[ws[start]], *ws[start + 1:i])
             else:
                 key = (start == 0, right, *ws[start:i])

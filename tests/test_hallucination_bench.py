@@ -76,6 +76,7 @@ def test_tiny_bench_runs_every_arm_end_to_end(tmp_path):
     job = json.loads((tmp_path / "w" / "jobs" / "p0.9_backdoor_rag_s0.json").read_text())
     assert job["epochs_trained"] >= 1 and len(job["predictions"]) == H.TINY["sizes"]["test"]
     assert 0.0 <= job["test"]["confounded_hallucination_rate"] <= 1.0
+    assert job["cpu_seconds"] > 0  # the cost record (CPU seconds do not grow with the machine's load)
     # a rerun finds every job done and only analyses
     again = run_python([str(ROOT / "bench" / "hallucination.py"), "--tiny", "--encoder", "random", "--work", str(tmp_path / "w")], timeout=300)
     assert again.returncode == 0 and "[worker" not in again.stdout

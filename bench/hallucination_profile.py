@@ -1,0 +1,105 @@
+"""Where a hallucination-bench training spends its time: one arm, a few epochs, split by phase.
+
+    OMP_NUM_THREADS=1 python bench/hallucination_profile.py --encoder output/clip_pretrain_synthetic/pretrain/encoder/vision.json \\
+        --work output/hallucination_profile --arms none,none+rag --epochs 2 --threads 1
+
+Runs :func:`bench.hallucination.run_arm` itself (plan v2's recipe, validation only, p = 0.5,
+seed 0) with timers wrapped around its phases, so the numbers are those of the bench's own
+loop: prompt building and tokenization, decoder forward (without the tokenization), backward,
+optimizer step, per-epoch greedy validation generation and its CIDEr; "setup" is the rest
+(model build, tokenizer fitting, datastore / dictionary, frozen-feature cache). Timings on
+a shared machine are noisy (wall time grows with the machine's load): CPU seconds
+(``time.process_time``) are what a training costs; compare phases within one run.
+"""
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "bench"))
+import hallucination as H  # noqa: E402
+
+
+def timed(table, key, fn):
+    """``fn`` adding its wall seconds to ``table[key]``, its CPU seconds to ``table[key, "cpu"]``, one call to ``table[key, "calls"]``."""
+
+    def wrapper(*a, **k):
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            table[key] += time.perf_counter() - t
+            table[key, "cpu"] += time.process_time() - c
+            table[key, "calls"] += 1
+
+    return wrapper
+
+
+def profile_arm(block, rag, plan, vision, datasets, data, work):
+    import torch
+
+    from rslavis.common.registry import registry
+
+    cls = registry.get_model_class("smallcap_causal")
+    table = defaultdict(float)
+    saved = {name: getattr(cls, name) for name in ("_tokenize", "_prompts", "forward")}
+    saved_backward, saved_step = torch.Tensor.backward, torch.optim.AdamW.step
+    saved_gen, saved_cider = H.generate, H.cider
+    try:
+        cls._tokenize = timed(table, "tokenize", saved["_tokenize"])
+        cls._prompts = timed(table, "prompts (retrieved captions)", saved["_prompts"])
+        cls.forward = timed(table, "forward (incl. prompts, tokenize)", saved["forward"])
+        torch.Tensor.backward = timed(table, "backward", saved_backward)
+        torch.optim.AdamW.step = timed(table, "optimizer step", saved_step)
+        H.generate = timed(table, "validation generate (incl. prompts, tokenize)", saved_gen)
+        H.cider = timed(table, "validation CIDEr", saved_cider)
+        job = {"kind": "arm", "strength": 0.5, "block": block, "rag": rag, "seed": 0, "name": f"profile_{block}_{'rag' if rag else 'norag'}"}
+        t, c = time.perf_counter(), time.process_time()
+        res = H.run_arm(job, plan, vision, datasets, data, work)
+        table["total"], table["total", "cpu"] = time.perf_counter() - t, time.process_time() - c
+    finally:
+        for name, fn in saved.items():
+            setattr(cls, name, fn)
+        torch.Tensor.backward, torch.optim.AdamW.step = saved_backward, saved_step
+        H.generate, H.cider = saved_gen, saved_cider
+    return table, res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--work", default="output/hallucination_profile")
+    p.add_argument("--arms", default="none,none+rag", help="comma-separated: none, intervention, backdoor, each optionally +rag")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    plan = {**H.PLAN, "max_epoch": args.epochs, "patience": args.epochs + 1, "pilot": True, "seeds": [0]}
+    vision = H.load_vision(args.encoder, plan)
+    datasets = H.build_datasets(plan, 0.5, args.work)
+    data = H.preload(datasets)
+    for arm in args.arms.split(","):
+        block, _, rag = arm.partition("+")
+        table, res = profile_arm(block, bool(rag), plan, vision, datasets, data, args.work)
+        epochs = res["epochs_trained"]
+        top = ("forward (incl. prompts, tokenize)", "backward", "optimizer step", "validation generate (incl. prompts, tokenize)", "validation CIDEr")
+        loop, loop_cpu = sum(table[k] for k in top), sum(table[k, "cpu"] for k in top)
+        print(f"\narm {arm}: {epochs} epochs, {table['total']:.1f} s wall, {table['total', 'cpu']:.1f} s CPU in all, threads {args.threads}; val CIDEr {res['val_cider_history']}")
+        print(f"  {'phase':48s} {'wall s/epoch':>12s} {'CPU s/epoch':>11s} {'CPU share of loop':>17s} {'calls/epoch':>11s}")
+        for k in [k for k in table if isinstance(k, str) and k != "total"]:
+            print(f"  {k:48s} {table[k] / epochs:12.2f} {table[k, 'cpu'] / epochs:11.2f} {table[k, 'cpu'] / loop_cpu:17.1%} {table[k, 'calls'] / epochs:11.1f}")
+        print(f"  {'epoch loop (forward+backward+step+validation)':48s} {loop / epochs:12.2f} {loop_cpu / epochs:11.2f}")
+        print(f"  {'setup (build, tokenizer, datastore, cache)':48s} {table['total'] - loop:12.2f} {table['total', 'cpu'] - loop_cpu:11.2f} (once)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

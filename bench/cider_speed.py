@@ -17,6 +17,17 @@ The sides run interleaved, one call at a time, and are timed in CPU seconds of t
 process (``time.process_time``), since the machine is shared with other jobs; run with
 ``OMP_NUM_THREADS=1`` so numpy uses one thread like pycocoevalcap.
 
+Garbage collection: each timed call starts after a ``gc.collect()`` (not timed), so a
+call pays only for the collections its own allocations trigger, not for another side's
+leftovers. Without it, a full collection (0.13-0.20 s here: it walks the ~260,000
+tracked objects of this process, mostly the RSICD annotations and imported modules)
+that pycocoevalcap's per-call n-gram dictionaries made due fired inside the next call,
+on 9 of 17 pycocoevalcap calls and once in 34 rslavis calls (the 5,000-distinct call:
+0.176 s instead of ~0.03 s; 5 of 9 and none of 18 in a shorter run, 2 Dec). This favours pycocoevalcap: called in a loop it would pay
+for those collections itself. rslavis's reward holds about 1,200 tracked objects after
+its corpus pass and, called alone 60 times, triggered no full collection. The full
+collections inside each side's timed calls are counted and printed.
+
 For each: **first call** = rslavis's corpus pass (tokenize the references, document
 frequencies, reference vectors) + its first score, against one ``compute_score``;
 **warm** = the median of later calls on fresh candidate draws for the same images
@@ -28,6 +39,7 @@ RSICD images), where deduplication cannot help.
 """
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -65,11 +77,24 @@ def java_ptb(lines):
     return [" ".join(w for w in r.rstrip().split(" ") if w not in m.PUNCTUATIONS) for r in out.split("\n")[: len(lines)]]
 
 
+_FULL_GC = [0]  # full (generation 2) collections so far in this process
+
+
+def _count_full(phase, info):
+    if phase == "stop" and info["generation"] == 2:
+        _FULL_GC[0] += 1
+
+
 def timed(fn, *a, **k):
-    """CPU seconds of this process (the machine is shared: wall time depends on the other jobs) and the result."""
+    """CPU seconds of this process (the machine is shared: wall time depends on the other jobs),
+    the result and the full collections during the call; a ``gc.collect()`` first, not timed."""
+    gc.collect()
+    before = _FULL_GC[0]
     t = time.process_time()
     out = fn(*a, **k)
-    return time.process_time() - t, out
+    t = time.process_time() - t
+    timed.full_gc = _FULL_GC[0] - before
+    return t, out
 
 
 def verdict(ratio, target):
@@ -107,24 +132,33 @@ def main():
 
     # one call at a time, the three sides interleaved on each candidate set
     modes = {"raw text": (refs, raw_sets, False), "same PTB tokens": (tok_refs, tok_sets, True)}
+    gc.callbacks.append(_count_full)
     coco_t, sides = [], {name: [0.0, [], 0.0, None] for name in modes}
+    full_gc = {name: 0 for name in ["pycocoevalcap", *modes]}
     for k, tok in enumerate(tok_sets):
         t, (_, theirs) = timed(Cider().compute_score, gts, {i: [c] for i, c in enumerate(tok)})
         coco_t.append(t)
+        full_gc["pycocoevalcap"] += timed.full_gc
         for name, (corpus, sets, pre) in modes.items():
             side = sides[name]
             if k == 0:
                 side[0], side[3] = timed(CiderD, corpus=corpus, pretokenized=pre)
+                full_gc[name] += timed.full_gc
             t, ours = timed(side[3].score, sets[k], corpus)
+            full_gc[name] += timed.full_gc
             side[1].append(t)
             side[2] = max(side[2], float(np.abs(ours - np.asarray(theirs)).max()))
+    gc.callbacks.remove(_count_full)
 
     warm = slice(1, 1 + args.repeats)
     t_cf, t_cw, t_cd = coco_t[0], statistics.median(coco_t[warm]), coco_t[-1]
     n_distinct = [len(set(s)) for s in raw_sets]
     print(f"candidates x references: {len(cands)} x {len(flat) / len(refs):.0f} (RSICD train), distinct candidates per call "
           f"{min(n_distinct[:-1])}-{max(n_distinct[:-1])} (last call {n_distinct[-1]}); pycocoevalcap input: {tok_note}")
-    print("times are CPU seconds of this process (time.process_time; numpy single-threaded with OMP_NUM_THREADS=1)")
+    print("times are CPU seconds of this process (time.process_time; numpy single-threaded with OMP_NUM_THREADS=1), "
+          "each call after an untimed gc.collect()")
+    print(f"full garbage collections inside the timed calls ({len(tok_sets)} calls a side, rslavis's corpus pass included): "
+          + ", ".join(f"{name} {n}" for name, n in full_gc.items()))
     print(f"pycocoevalcap compute_score: first {t_cf:.3f} s, warm median {t_cw:.3f} s, distinct {t_cd:.3f} s "
           "(each call makes its own document-frequency pass)")
     for name, (t_corpus, times, diff, _) in sides.items():

@@ -1,7 +1,8 @@
 """``hf_vlm`` per family (Qwen2-VL, Qwen2.5-VL, LLaVA, Idefics3/SmolVLM, PaliGemma), tiny random
 models on synthetic scenes: answer-masked loss that decreases, sample-greedy == generate-greedy,
 left-padded batches == single images, save/load, a local checkpoint directory with its own
-processor (family read from config.json), LoRA and freezing."""
+processor (family read from config.json), a model loaded from such a directory saved and loaded
+back without it, LoRA and freezing."""
 
 import json
 
@@ -229,6 +230,45 @@ def test_two_line_model_section_loads_a_local_checkpoint(tmp_path):
     trainable = {n for n, p in built.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or ".merger." in n for n in trainable)
     assert any("lora_" in n for n in trainable) and any(".merger." in n for n in trainable)
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_a_model_loaded_from_a_local_directory_saves_self_contained(family, tmp_path):
+    """save_pretrained of a model read from `pretrained: DIR` (local.yaml's defaults: LoRA on the LLM, vision
+    tower and LLM frozen, bfloat16): the saved folder rebuilds it without DIR (hf_config.json, processor,
+    adapters and freezing from config.json), the same tensors, dtypes, trainable set and captions."""
+    import shutil
+
+    from rslavis.common.config import Config
+    from rslavis.common.registry import registry
+
+    d = tmp_path / "hf"
+    source = tiny(family)
+    source.model.save_pretrained(str(d))
+    source.processor.save_pretrained(str(d))
+    project = tmp_path / "p.yaml"
+    project.write_text(f"model:\n  arch: hf_vlm\n  pretrained: {d}\ndatasets:\n  rs_synthetic: {{}}\nrun:\n  task: captioning\n")
+    cfg = Config.from_file(str(project), [])
+    loaded = registry.get_model_class(cfg.model.arch).from_config(cfg.model).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # adapters that change the captions (lora_B starts at zero)
+        for name, p in loaded.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    loaded.save_pretrained(tmp_path / "saved")
+    shutil.rmtree(d)  # the saved folder must not need the directory the model came from
+    again = HFVLM.from_pretrained(tmp_path / "saved").eval()
+    assert again.family.name == family and again.cfg.get("pretrained") is None
+    config = lambda m: {k: v for k, v in m.model.config.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert config(again) == config(loaded)
+    mine, theirs = loaded.state_dict(), again.state_dict()
+    assert any("lora_" in k for k in mine) and mine.keys() == theirs.keys()
+    assert all(mine[k].dtype == theirs[k].dtype == torch.bfloat16 and torch.equal(mine[k], theirs[k]) for k in mine)
+    trainable = lambda m: {n for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
+    assert trainable(again) == trainable(loaded) and any("lora_" in n for n in trainable(loaded))
+    samples = batch()
+    with torch.no_grad():
+        assert again.generate(samples, max_len=8) == loaded.generate(samples, max_len=8)
 
 
 def test_repeated_inputs_keep_each_images_pixels(trained):

@@ -10,7 +10,9 @@ step is cross-entropy). A gain is SCST's only if it beats that control. Every ru
 greedy decoding on the same validation split; the script prints, per seed and as mean
 +- standard deviation over seeds, CIDEr-D (pycocoevalcap) and the mean absolute count
 error (over objects counted both in the caption and in the scene's ``count_dict``,
-:func:`rslavis.metrics.object_metrics.object_metrics`, ``rules`` parser).
+:func:`rslavis.metrics.object_metrics.object_metrics`, ``rules`` parser), with per seed the
+number of objects that error compares (``n_counted``: captions that state fewer counts
+are compared on fewer objects).
 
     python bench/scst_gain.py [--seeds 0 1 2] [--train 300] [--ce-epochs 5] [--scst-steps 40] [--threads 1]
 
@@ -132,12 +134,13 @@ def main():
     print(f"\nSCST from cross-entropy checkpoints: {len(args.seeds)} seeds, {args.train} train / {args.val} val images, "
           f"CE {args.ce_epochs} epochs, SCST {args.scst_steps} steps x {args.scst_batch} images x {args.scst_samples} samples, "
           f"lr {args.scst_lr}, greedy baseline; greedy decoding on val")
-    print(f"{'run':14s} {'CIDEr':>16s} {'count abs err':>16s}   per seed (CIDEr / count err)")
+    print(f"{'run':14s} {'CIDEr':>16s} {'count abs err':>16s}   per seed (CIDEr / count err / objects compared)")
     for name in ("ce", "ce_more", "cider", "cider+count"):
         cid = [r[name]["CIDEr"] for r in rows]
         err = [r[name]["count_abs_error"] for r in rows]
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        per = "  ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(cid, err))
+        # objects compared: (image, object) pairs counted both in the caption and in the scene (the error's denominator)
+        per = "  ".join(f"{a:.3f}/{b:.3f}/{r[name]['n_counted']}" for a, b, r in zip(cid, err, rows))
         label = {"ce": "cross-entropy", "ce_more": "+CE same steps", "cider": "+SCST cider", "cider+count": "+SCST cid+count"}[name]
         print(f"{label:14s} {statistics.mean(cid):8.3f} +- {sd(cid):5.3f} {statistics.mean(err):8.3f} +- {sd(err):5.3f}   {per}")
     for name in ("cider", "cider+count"):

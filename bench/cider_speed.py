@@ -17,16 +17,17 @@ The sides run interleaved, one call at a time, and are timed in CPU seconds of t
 process (``time.process_time``), since the machine is shared with other jobs; run with
 ``OMP_NUM_THREADS=1`` so numpy uses one thread like pycocoevalcap.
 
-Garbage collection: each timed call starts after a ``gc.collect()`` (not timed), so a
-call pays only for the collections its own allocations trigger, not for another side's
-leftovers. Without it, a full collection (0.13-0.20 s here: it walks the ~260,000
-tracked objects of this process, mostly the RSICD annotations and imported modules)
-that pycocoevalcap's per-call n-gram dictionaries made due fired inside the next call,
-on 9 of 17 pycocoevalcap calls and once in 34 rslavis calls (the 5,000-distinct call:
-0.176 s instead of ~0.03 s; 5 of 9 and none of 18 in a shorter run, 2 Dec). This favours pycocoevalcap: called in a loop it would pay
-for those collections itself. rslavis's reward holds about 1,200 tracked objects after
-its corpus pass and, called alone 60 times, triggered no full collection. The full
-collections inside each side's timed calls are counted and printed.
+Garbage collection: each timed call starts after a ``gc.collect()`` (not timed), so a call
+pays only for the collections its own allocations trigger, not for another side's leftovers.
+Without it, a full collection (0.13-0.20 s here: it walks the ~260,000 tracked objects of
+this process, ~180,000 of them from the imported modules, torch included, and ~70,000 from
+the RSICD annotations the bench holds) that pycocoevalcap's per-call n-gram dictionaries
+made due fired inside the next call, on 9 of 17 pycocoevalcap calls and once in 34 rslavis
+calls (the 5,000-distinct call: 0.176 s instead of ~0.03 s; 5 of 9 and none of 18 in a
+shorter run, 2 Dec). This favours pycocoevalcap: called in a loop it would pay for those
+collections itself. rslavis's reward holds about 1,200 tracked objects after its corpus pass
+and, called alone 60 times, triggered no full collection. The full collections inside each
+side's timed calls are counted and printed.
 
 For each: **first call** = rslavis's corpus pass (tokenize the references, document
 frequencies, reference vectors) + its first score, against one ``compute_score``;

@@ -340,7 +340,9 @@ class RulesCaptionParser(BaseCaptionParser):
                 key = (start == 0, right, *ws[start:i])
             found = segments.get(key)
             if found is None:
-                found = self.mentions_from_tokens(tagger.tag(ws[start:i], start == 0, nxt, forced.get(start)))
+                # a tuple of (name, kind, count) tuples: the garbage collector stops tracking it,
+                # so a cache of thousands of segments adds nothing to (and triggers no) full collections
+                found = tuple(self.mentions_from_tokens(tagger.tag(ws[start:i], start == 0, nxt, forced.get(start))))
                 if len(segments) >= self.segment_cache_size:
                     segments.clear()
                 segments[key] = found

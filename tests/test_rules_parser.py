@@ -58,6 +58,17 @@ def test_parse_caches_hold_nothing_the_garbage_collector_tracks():
         tracked = [(k, v) for k, v in cache.items() if gc.is_tracked(k) or gc.is_tracked(v)]
         assert not tracked, (name, tracked[:3])
 
+
+def test_plain_caption_split_is_the_tokenizer(shared_data):
+    # caption_words splits plain captions (letters, spaces, "." and ",") without the regex
+    from rslavis.text.rules_parser import caption_words
+
+    caps = [c for _, _, c in split_captions(shared_data, None)]
+    caps += ["malls,wide roads.", "An eye-catching  BUILDING", "it isn't 3.5 km", "tabs\tand\nnewlines", "cafe\u0301",
+             "Caf\u00e9 ...", "a_b , c", "", " . ", "two's", "\u0130stanbul"]
+    bad = [c for c in caps if caption_words(c) != PARSE_TOKEN.findall(c.lower())]
+    assert not bad, bad[:5]
+
 def test_hard_words_are_the_frequent_function_words(rules):
     hard = rules.tagger.hard
     assert {"a", "the", "and", "is", "in", ","} <= hard

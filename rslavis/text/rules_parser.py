@@ -25,13 +25,13 @@ from rslavis.text.tokenize import tokenize_batch
 # spaCy's English tokenizer on captions: numbers, words (split before "n't"), "'s", any
 # other character alone ("eye-catching" is three tokens, "malls,wide" three)
 PARSE_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[a-z_]+(?=n't)|n't|'s(?![a-z])|[a-z_]+|\S")
-_PLAIN = str.maketrans("", "", "abcdefghijklmnopqrstuvwxyz_ .,")
+_NOT_PLAIN = re.compile(r"[^a-z_ .,]")
 
 
 def caption_words(caption):
-    """``PARSE_TOKEN.findall(caption.lower())``; about twice as fast on plain captions."""
+    """``PARSE_TOKEN.findall(caption.lower())``; about three times as fast on plain captions."""
     s = caption.lower()
-    if not s.translate(_PLAIN):  # only letters, spaces, "." and ",": split around the punctuation
+    if _NOT_PLAIN.search(s) is None:  # only letters, spaces, "." and ",": split around the punctuation
         return s.replace(".", " . ").replace(",", " , ").split()
     return PARSE_TOKEN.findall(s)
 
@@ -309,14 +309,16 @@ class RulesCaptionParser(BaseCaptionParser):
         if not n:
             return {}
         tagger = self.tagger
-        cut_words, semi, hard = tagger.cut_words, tagger.semi_hard, tagger.hard
+        cut_words = tagger.cut_words
         cuts = [i for i in range(1, n) if ws[i] in cut_words]
+        ws.append("</s>")  # ws[n]: what follows the last segment (slices stop at n)
         forced = {}
-        if semi.intersection(ws):  # a boundary only where the context tags it as one
+        semi = tagger.semi_hard
+        if cuts and not semi.isdisjoint(ws):  # a boundary only where the context tags it as one
             kept = []
             for i in cuts:
                 if ws[i] in semi:
-                    t = tagger.semi_boundary(ws[i - 1], ws[i], ws[i + 1] if i + 1 < n else "</s>")
+                    t = tagger.semi_boundary(ws[i - 1], ws[i], ws[i + 1])
                     if t is None:
                         continue
                     forced[i] = t
@@ -325,24 +327,25 @@ class RulesCaptionParser(BaseCaptionParser):
         cuts.append(n)
         blind_right, blind_left, bclass = tagger.blind_right, tagger.blind_left, tagger.boundary_class
         segments = self._segments
+        get = segments.get
         mentions = []
         start = 0
+        first_hard = ws[0] in tagger.hard
         for i in cuts:
-            nxt = ws[i] if i < n else "</s>"
             # the next word only matters as the context of the segment's last word
             # (unknown words look both ways: their tag comes from their neighbours' parts of speech)
-            right = None if ws[i - 1] in blind_right else nxt
-            if i - start > 1 and ws[start + 1] in blind_left and (start or ws[0] in hard):
+            right = None if ws[i - 1] in blind_right else ws[i]
+            if i - start > 1 and ws[start + 1] in blind_left and (start or first_hard):
                 # the segment's first word is a boundary word its second word does not look at
                 # (the caption's first segment too, when it starts with a hard word)
                 key = (False, right, bclass[ws[start]], *ws[start + 1:i])
             else:
                 key = (start == 0, right, *ws[start:i])
-            found = segments.get(key)
+            found = get(key)
             if found is None:
                 # a tuple of (name, kind, count) tuples: the garbage collector stops tracking it,
                 # so a cache of thousands of segments adds nothing to (and triggers no) full collections
-                found = tuple(self.mentions_from_tokens(tagger.tag(ws[start:i], start == 0, nxt, forced.get(start))))
+                found = tuple(self.mentions_from_tokens(tagger.tag(ws[start:i], start == 0, ws[i], forced.get(start))))
                 if len(segments) >= self.segment_cache_size:
                     segments.clear()
                 segments[key] = found

@@ -159,6 +159,11 @@ def job_name(kind, strength, block=None, rag=None, seed=None):
 def all_jobs(plan):
     # seed-major order: a run cut short still has every arm at both strengths for its first seeds
     arms = [a for a in ARMS if a[0] == "none"] if plan.get("pilot") else ARMS
+    if plan.get("pilot") and plan.get("pilot_arms"):  # a pilot of some arms only, by name ("none + retrieval", "backdoor")
+        unknown = sorted(set(plan["pilot_arms"]) - {arm_name(*a) for a in ARMS})
+        if unknown:
+            raise SystemExit(f"--pilot pilot_arms: unknown arm(s) {unknown}; valid: {[arm_name(*a) for a in ARMS]}")
+        arms = [a for a in ARMS if arm_name(*a) in plan["pilot_arms"]]
     jobs = [{"kind": "baselines", "strength": p} for p in plan["strengths"]]
     jobs += [{"kind": "arm", "strength": p, "block": b, "rag": r, "seed": s} for s in plan["seeds"] for p in plan["strengths"] for b, r in arms]
     for j in jobs:
@@ -304,7 +309,66 @@ def model_config(plan, vision, block, rag, work):
     return cls, cfg
 
 
-def run_arm(job, plan, vision, datasets, data, work, device="cpu"):
+def training_pool(model, train_recs, size):
+    """Each training image's ``size`` nearest other training images' captions (one per neighbour, nearest first), from the model's datastore.
+
+    The first ``k`` of each list are the captions the model's own retrieved-captions map gives
+    the image (the same search, leave-self-out); plan v3 samples the training prompt's ``k``
+    captions from this larger pool (evaluation keeps the top ``k``).
+    """
+    store = model.datastore
+    row = {p: i for i, p in enumerate(store.paths)}
+    idx = [row[r["image"]] for r in train_recs]
+    pool = store.retrieve(store.features[idx], size, exclude_paths=[r["image"] for r in train_recs])
+    return {str(r["image_id"]): caps for r, caps in zip(train_recs, pool)}
+
+
+def prompt_captions(pool, ids, k, gen):
+    """k captions per image drawn without replacement from its pool (kept in rank order), by ``gen``."""
+    import torch
+
+    out = []
+    for i in ids:
+        caps = pool[str(i)]
+        pick = sorted(torch.randperm(len(caps), generator=gen)[:k].tolist()) if len(caps) > k else range(len(caps))
+        out.append([caps[j] for j in pick])
+    return out
+
+
+class WeightEMA:
+    """An exponential moving average of a model's floating-point weights and buffers (torch's EMA rule, see
+    ``torch.optim.swa_utils.get_ema_multi_avg_fn``: ``avg = decay * avg + (1 - decay) * w`` after every step).
+
+    ``swap_in`` puts the average into the model (for validation; the best state is copied from
+    it), ``swap_out`` puts the live weights back so training continues from them.
+    """
+
+    def __init__(self, model, decay):
+        import torch
+
+        self.model, self.decay = model, float(decay)
+        self.live = {n: t for n, t in model.state_dict().items() if t.is_floating_point()}  # views of the live tensors
+        with torch.no_grad():
+            self.avg = {n: t.detach().clone() for n, t in self.live.items()}
+        self.saved = None
+
+    def update(self):
+        import torch
+
+        with torch.no_grad():
+            for n, t in self.live.items():
+                self.avg[n].lerp_(t, 1.0 - self.decay)
+
+    def swap_in(self):
+        self.saved = {n: t.detach().clone() for n, t in self.live.items()}
+        self.model.load_state_dict(self.avg, strict=False)
+
+    def swap_out(self):
+        self.model.load_state_dict(self.saved, strict=False)
+        self.saved = None
+
+
+def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=False):
     import torch
 
     from rslavis.common.checkpoint import seed_everything
@@ -333,6 +397,12 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu"):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": plan["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=plan["lr"])
     sched = registry.get_lr_scheduler_class("linear_warmup_cosine_lr")(opt, plan["max_epoch"], iters, plan["lr"], min_lr=plan["min_lr"], warmup_lr=plan["min_lr"], warmup_steps=plan["warmup_steps"])
     gen = torch.Generator().manual_seed(job["seed"])
+    pool_size = int(plan.get("train_retrieval_pool") or 0)  # v3: the training prompt's k captions sampled from the nearest pool_size
+    pool, pool_gen = None, torch.Generator().manual_seed(10_000 + job["seed"])
+    if job["rag"] and pool_size > plan["k"]:
+        pool = training_pool(model, train_recs, pool_size)
+    # v3 option: validation, early stopping and scoring read an exponential moving average of the weights (decay per step)
+    ema = WeightEMA(model, float(plan["ema_decay"])) if plan.get("ema_decay") else None
     best, best_state, best_epoch, history, since = -math.inf, None, None, [], 0
     val_img, val_recs = data["val"]
     t0, c0 = time.time(), time.process_time()
@@ -345,12 +415,18 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu"):
             # an epoch shows every image once, with its caption number epoch mod 5: five epochs see every pair once
             caps = [captions[i][epoch % len(captions[i])] for i in idx]
             samples = {"image": train_img[idx], "image_id": [train_recs[i]["image_id"] for i in idx], "text_input": [""] * len(idx), "text_output": caps}
+            if pool is not None:
+                samples["retrieved_captions"] = prompt_captions(pool, samples["image_id"], plan["k"], pool_gen)
             loss = model(samples)["loss"]
             if not torch.isfinite(loss):
                 raise SystemExit(f"{job['name']}: non-finite loss at epoch {epoch} step {it}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update()
+        if ema is not None:  # evaluate (and keep) the averaged weights; training goes on from the live ones
+            ema.swap_in()
         val = cider(val_recs, generate(model, val_img, val_recs, plan))
         history.append(round(val, 4))
         if plan.get("pilot"):
@@ -360,14 +436,20 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu"):
             best_state = copy.deepcopy(model.state_dict())
         else:
             since += 1
-            if since >= plan["patience"]:
-                break
+        if ema is not None:
+            ema.swap_out()
+        if since >= plan["patience"]:
+            break
+        if plan.get("stop_after_epochs") and len(history) >= plan["stop_after_epochs"]:  # diagnostics only: the schedule stays the plan's
+            break
     model.load_state_dict(best_state)
     beams = int(plan.get("eval_beams", 1))  # early stopping reads greedy captions; the best weights are scored with eval_beams
     common = {**job, "val_cider_history": history, "best_epoch": best_epoch, "epochs_trained": len(history), "val_CIDEr_greedy": best,
               "val_CIDEr": best if beams == 1 else cider(val_recs, generate(model, val_img, val_recs, plan, num_beams=beams)), "eval_beams": beams}
     # wall seconds grow with the machine's load; CPU seconds (this process) are what the training cost
     common["seconds"], common["cpu_seconds"] = round(time.time() - t0, 1), round(time.process_time() - c0, 2)
+    if keep_model:
+        common["model"] = model
     if plan.get("pilot"):  # pilots choose the recipe on validation only: the test split is not scored
         return common
     test_img, test_recs = data["test"]

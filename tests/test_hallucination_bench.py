@@ -124,3 +124,69 @@ def test_cuda_device_is_refused_without_cuda():
         pytest.skip("a CUDA device is present: the refusal is for machines without one")
     with pytest.raises(SystemExit, match="no CUDA device here"):
         H.main(["--encoder", "random", "--tiny", "--device", "cuda", "--analyse-only"])
+
+
+def test_weight_ema_follows_torchs_ema_rule_and_swaps():
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ref = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    ref.update_parameters(model)  # torch's first update copies; WeightEMA starts from the weights it is given
+    ema = H.WeightEMA(model, 0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(6):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+        ref.update_parameters(model)
+    live = {n: t.clone() for n, t in model.state_dict().items()}
+    ema.swap_in()
+    for n, t in ref.module.state_dict().items():
+        if t.is_floating_point():
+            assert torch.allclose(model.state_dict()[n], t, atol=1e-6), n
+    assert not torch.allclose(model[0].weight, live["0.weight"])  # the average is not the live weight
+    ema.swap_out()
+    assert all(torch.equal(model.state_dict()[n], t) for n, t in live.items())
+
+
+def test_training_prompts_are_sampled_from_the_pool(tmp_path, monkeypatch):
+    """plan v3's retrieval pool: training prompts carry k captions drawn from the nearest pool_size, beyond the top k."""
+    import torch
+
+    from rslavis.models.smallcap.causal import SmallCapCausal
+
+    plan = {**H.PLAN, **H.TINY, "max_epoch": 1, "train_retrieval_pool": 6, "k": 2, "pilot": True}
+    vision = H.load_vision("random", plan)
+    datasets = H.build_datasets(plan, 0.9, tmp_path)
+    data = H.preload(datasets)
+    seen = []
+    forward = SmallCapCausal.forward
+
+    def spy(self, samples):
+        seen.append((samples.get("retrieved_captions"), self.retrieved, list(samples["image_id"])))
+        return forward(self, samples)
+
+    monkeypatch.setattr(SmallCapCausal, "forward", spy)
+    job = {"kind": "arm", "strength": 0.9, "block": "none", "rag": True, "seed": 0, "name": "t"}
+    res = H.run_arm(job, plan, vision, datasets, data, tmp_path, keep_model=True)
+    pool = H.training_pool(res["model"], data["train"][1], 6)
+    beyond = 0
+    for given, retrieved, ids in seen:
+        assert given is not None and len(given) == len(ids)
+        for caps, i in zip(given, ids):
+            assert len(caps) == 2 and all(c in pool[str(i)] for c in caps)
+            assert [pool[str(i)].index(c) for c in caps] == sorted(pool[str(i)].index(c) for c in caps)  # rank order kept
+            assert pool[str(i)][:2] == retrieved[str(i)]  # the pool's head is what evaluation prompts with
+            beyond += any(c not in retrieved[str(i)] for c in caps)
+    assert beyond > 0
+    # without the pool, training prompts come from the model's own top-k map (no sample key)
+    seen.clear()
+    H.run_arm(job, {**plan, "train_retrieval_pool": None}, vision, datasets, data, tmp_path)
+    assert seen and all(g is None for g, _, _ in seen)
+    g = torch.Generator().manual_seed(3)
+    a = H.prompt_captions({"x": list("abcdef")}, ["x"], 3, g)
+    assert len(set(a[0])) == 3 and a == H.prompt_captions({"x": list("abcdef")}, ["x"], 3, torch.Generator().manual_seed(3))

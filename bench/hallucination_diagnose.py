@@ -81,7 +81,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--encoder", required=True)
     ap.add_argument("--work", default="output/diag")
-    ap.add_argument("--plan", choices=sorted(hb.PLANS), default="v2")
+    ap.add_argument("--plan", choices=sorted(hb.PLANS), default="v2", help="the plan whose recipe --train uses (v2: the diagnosis in the README)")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.9])
     ap.add_argument("--train", default=None, metavar="JSON", help="train arm none + retrieval with these plan overrides and probe it")
     ap.add_argument("--out", default=None, help="write the numbers as JSON")

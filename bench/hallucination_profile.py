@@ -82,7 +82,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    plan = {**H.PLAN, "max_epoch": args.epochs, "patience": args.epochs + 1, "pilot": True, "seeds": [0]}
+    plan = {**H.PLANS["v2"], "max_epoch": args.epochs, "patience": args.epochs + 1, "pilot": True, "seeds": [0]}
     vision = H.load_vision(args.encoder, plan)
     datasets = H.build_datasets(plan, 0.5, args.work)
     data = H.preload(datasets)

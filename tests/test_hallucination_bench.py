@@ -114,7 +114,17 @@ def test_a_work_folder_of_another_plan_version_is_refused(tmp_path):
     _write_jobs(tmp_path, v1, lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0})
     assert H.analyse(v1, tmp_path)[1]["strengths"]["0.9"]["arms"]["none"]["n"] == 1
     with pytest.raises(SystemExit, match="a plan v1 job, but this is plan v2"):
+        H.analyse({**H.PLANS["v2"], "strengths": [0.9], "seeds": [0]}, tmp_path)
+    with pytest.raises(SystemExit, match="a plan v1 job, but this is plan v3"):
         H.analyse({**H.PLAN, "strengths": [0.9], "seeds": [0]}, tmp_path)
+
+
+def test_plan_v3_is_v2_with_the_retrieval_pool_only():
+    """the default plan changes the retrieval arms' training prompts and nothing of the analysis"""
+    v2, v3 = H.PLANS["v2"], H.PLAN
+    assert v3["version"] == "v3" and H.PLANS["v3"] is v3
+    assert {k for k in set(v2) | set(v3) if v2.get(k) != v3.get(k)} == {"version", "train_retrieval_pool"}
+    assert v3["train_retrieval_pool"] > v3["k"]
 
 
 def test_cuda_device_is_refused_without_cuda():

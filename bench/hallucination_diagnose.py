@@ -85,13 +85,16 @@ def main(argv=None):
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.9])
     ap.add_argument("--train", default=None, metavar="JSON", help="train arm none + retrieval with these plan overrides and probe it")
     ap.add_argument("--out", default=None, help="write the numbers as JSON")
+    ap.add_argument("--tiny", action="store_true", help="tests only: the bench's shrunk sizes (numbers mean nothing)")
     args = ap.parse_args(argv)
     import torch
 
     from rslavis.datasets.synthetic.scenes import object_names
 
     torch.set_num_threads(1)
-    plan = {**hb.PLANS[args.plan], "pilot": True, "seeds": [0], **json.loads(args.train or "{}")}
+    plan = {**hb.PLANS[args.plan], **(hb.TINY if args.tiny else {}), "pilot": True, "seeds": [0], **json.loads(args.train or "{}")}
+    if args.encoder == "random" and not args.tiny:
+        raise SystemExit("--encoder random is for --tiny test runs only.")
     vision = hb.load_vision(args.encoder, plan)
     words = object_names(plan["object"])
     report = {"plan": plan["version"], "overrides": json.loads(args.train or "{}"), "strengths": {}}

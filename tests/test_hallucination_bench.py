@@ -200,3 +200,16 @@ def test_training_prompts_are_sampled_from_the_pool(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(3)
     a = H.prompt_captions({"x": list("abcdef")}, ["x"], 3, g)
     assert len(set(a[0])) == 3 and a == H.prompt_captions({"x": list("abcdef")}, ["x"], 3, torch.Generator().manual_seed(3))
+
+
+def test_diagnosis_runs_and_its_pool_is_the_models_retrieval(tmp_path):
+    out = run_python([str(ROOT / "bench" / "hallucination_diagnose.py"), "--tiny", "--encoder", "random", "--work", str(tmp_path / "w"),
+                      "--strengths", "0.9", "--train", '{"max_epoch": 1}', "--out", str(tmp_path / "d.json")], timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = json.loads((tmp_path / "d.json").read_text())["strengths"]["0.9"]
+    assert rep["training_pool(k) equals the model's retrieved map"] is True
+    val = rep["retrieved captions as captions"]["val"]
+    assert val["best of k CIDEr (oracle)"] >= max(val[f"rank {j} CIDEr"] for j in range(1, 5))
+    probes = rep["trained arm none + retrieval"]["probes"]
+    assert {"own retrieved captions", "another image's retrieved captions", "no captions"} <= set(probes)
+    assert 0.0 <= probes["own retrieved captions"]["caption equals a prompt caption"] <= 1.0

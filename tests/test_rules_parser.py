@@ -164,3 +164,21 @@ def test_unknown_words_are_tagged_by_the_classifier_learnt_on_rare_words():
     tagger = LexiconTagger(lex)
     assert tagger.tag("the airport is complete .".split())[3].pos == "ADJ"
     assert tagger.tag("a complete .".split())[1].pos == "NOUN"  # no context: the default
+
+
+def test_shared_weights_carry_a_context_from_one_ambiguous_word_to_another():
+    from rslavis.text.lexicon import build_tables
+    from rslavis.text.rules_parser import LexiconTagger
+
+    # "square" and "round" are adjectives before a noun and nouns before a preposition;
+    # "oval" is only ever seen before a noun, but as an adjective/noun word it follows what the
+    # others teach: a noun before "near" (the per-word weights alone keep its adjective)
+    tagged = []
+    for w in ("square", "round", "circle", "flat"):
+        tagged += [_toks(f"a/DET {w}/ADJ pond/NOUN ./PUNCT")] * 4 + [_toks(f"a/DET {w}/NOUN near/ADP the/DET road/NOUN ./PUNCT")] * 3
+    tagged += [_toks("an/DET oval/ADJ pond/NOUN ./PUNCT")] * 6 + [_toks("the/DET oval/NOUN is/AUX big/ADJ ./PUNCT")] * 2
+    lex = build_tables(tagged)
+    assert "oval" in lex["ambiguous"] and lex["shared_weights"]
+    assert LexiconTagger(lex).tag("an oval near the road .".split())[1].pos == "NOUN"
+    lex["shared_weights"] = {}
+    assert LexiconTagger(lex).tag("an oval near the road .".split())[1].pos == "ADJ"

@@ -17,7 +17,8 @@ and test splits stay held out (``bench/parser_agreement.py`` reports both):
   modifier);
 - ``ambiguous``, ``weights``: for words spaCy tags in more than one way (at least 1% of
   their uses), the tags and an averaged perceptron over the neighbouring words and tags
-  (:func:`context_features`) that picks one;
+  (:func:`context_features`) that picks one; ``shared_weights``: weights all ambiguous words
+  share per part of speech (a context seen with one word decides another);
 - ``suffix``, ``oov_context``: part of speech of unknown words by their last three letters
   and by the parts of speech around them (learnt on rare training words, which look like
   unknown ones).
@@ -59,7 +60,7 @@ def _enc(t):
     return [t.pos, "" if t.lemma == t.text else t.lemma, int(bool(t.plural)), int(bool(t.participle))]
 
 
-def build_tables(tagged, min_count=2):
+def build_tables(tagged, min_count=2, shared=True):
     """Lexicon tables from ``[[Tok, ...], ...]`` (one list per caption occurrence)."""
     uni, left, right, tri = defaultdict(Counter), defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
     lpos, rpos, mod = defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
@@ -152,7 +153,9 @@ def build_tables(tagged, min_count=2):
     from rslavis.text.synonyms import SynonymTable
 
     compound_words = {w for c in SynonymTable().compounds for w in c.split()}
-    tables["weights"] = train_perceptron(tagged, ambiguous, upos, hard_words(tables, compound_words)) if ambiguous else {}
+    tables["weights"], tables["shared_weights"] = (
+        train_perceptron(tagged, ambiguous, upos, hard_words(tables, compound_words), shared=shared)
+        if ambiguous else ({}, {}))
     return tables
 
 
@@ -213,8 +216,14 @@ def hard_words(tables, compound_words=(), with_semi=False):
     return (hard, semi) if with_semi else hard
 
 
-def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):
-    """Averaged perceptron per ambiguous word: ``{word: {feature: {tag index: weight}}}``."""
+def train_perceptron(tagged, ambiguous, upos, hard=(), epochs=5, shared=True):
+    """Averaged perceptron over the ambiguous words: ``(weights, shared weights)``.
+
+    A candidate tag's score is the sum of the word's own weights (``{word: {feature: {tag
+    index: weight}}}``) and, with ``shared``, of weights shared by every ambiguous word for
+    the candidate's part of speech (``{feature: {pos: weight}}``): what one word's contexts
+    teach ("a word read as adjective or noun before a preposition is a noun") then also
+    decides another word in a context training never showed it in."""
     examples = []
     for toks in tagged:
         ws = [t.text for t in toks]
@@ -227,7 +236,50 @@ def train_perceptron(tagged, ambiguous, upos, hard, epochs=5):
                 cands = ambiguous[t.text]
                 if gold in cands:
                     examples.append((t.text, context_features(ws, up, i, hard), cands.index(gold)))
-    return averaged_perceptron(examples, {w: len(c) for w, c in ambiguous.items()}, epochs)
+    if not shared:
+        return averaged_perceptron(examples, {w: len(c) for w, c in ambiguous.items()}, epochs), {}
+    keyed = []
+    for word, feats, gold in examples:
+        pos = [c[0] for c in ambiguous[word]]
+        keyed.append(([[(word, f, c) for f in feats] + [("*", f, pos[c]) for f in feats]
+                       for c in range(len(pos))], gold))
+    weights = averaged_perceptron_keys(keyed, epochs)
+    own, common = {}, {}
+    for (word, f, c), v in weights.items():
+        if word == "*":
+            common.setdefault(f, {})[c] = v
+        else:
+            own.setdefault(word, {}).setdefault(f, {})[str(c)] = v
+    return own, common
+
+
+def averaged_perceptron_keys(examples, epochs=5):
+    """``{key: averaged weight}`` from ``[(keys of each class, gold index)]``: a class scores
+    the sum of its keys' weights (shuffled with a fixed seed, ties to the first class)."""
+    import random
+
+    examples = list(examples)
+    w_, tot, stamp = defaultdict(float), defaultdict(float), defaultdict(int)
+    rng = random.Random(0)
+    step = 0
+    for _ in range(epochs):
+        rng.shuffle(examples)
+        for keys, gold in examples:
+            step += 1
+            scores = [sum(w_.get(k, 0.0) for k in ks) for ks in keys]
+            guess = max(range(len(keys)), key=lambda c: (scores[c], -c))
+            if guess != gold:
+                for c, d in ((gold, 1.0), (guess, -1.0)):
+                    for key in keys[c]:
+                        tot[key] += (step - stamp[key]) * w_[key]
+                        stamp[key] = step
+                        w_[key] += d
+    out = {}
+    for key, v in w_.items():
+        avg = (tot[key] + (step - stamp[key]) * v) / max(step, 1)
+        if abs(avg) >= 1e-3:
+            out[key] = round(avg, 4)
+    return out
 
 
 def averaged_perceptron(examples, n_classes, epochs=5):

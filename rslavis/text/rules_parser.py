@@ -97,6 +97,8 @@ class LexiconTagger:
         self.ambiguous = {w: [_tag_tuple(t, w) for t in tags] for w, tags in lex.get("ambiguous", {}).items()}
         self.weights = {w: {f: tuple((int(c), v) for c, v in cs.items()) for f, cs in fs.items()}
                         for w, fs in lex.get("weights", {}).items()}
+        self.shared = {f: dict(cs) for f, cs in lex.get("shared_weights", {}).items()}
+        self.cand_pos = {w: [t[0] for t in tags] for w, tags in self.ambiguous.items()}
         self.known = set(known) | {t[1] for t in self.words.values() if t[0] in ("NOUN", "PROPN")}
         # a configured noun the lexicon tags otherwise is not a boundary either
         self.hard, self.semi_hard = hard_words(lex, set(compound_words), with_semi=True)
@@ -255,9 +257,15 @@ class LexiconTagger:
         wt = self.weights[ws[i]]
         cands = self.ambiguous[ws[i]]
         scores = [0.0] * len(cands)
+        shared = self.shared
+        pos = self.cand_pos[ws[i]]
         for f in features_of(p, nx, pp, np_, first and i == 0):
             for c, v in wt.get(f, ()):
                 scores[c] += v
+            sf = shared.get(f)
+            if sf:
+                for c, ps in enumerate(pos):
+                    scores[c] += sf.get(ps, 0.0)
         best = max(scores)
         return cands[scores.index(best)]  # ties: the first (most frequent) tag
 

@@ -284,36 +284,13 @@ def averaged_perceptron_keys(examples, epochs=5):
 
 def averaged_perceptron(examples, n_classes, epochs=5):
     """``{model: {feature: {class index: weight}}}`` from ``[(model, features, gold index)]``
-    (``n_classes[model]`` classes each), shuffled with a fixed seed."""
-    import random
-
-    examples = list(examples)
-    w_, tot, stamp = defaultdict(float), defaultdict(float), defaultdict(int)
-    rng = random.Random(0)
-    step = 0
-    for _ in range(epochs):
-        rng.shuffle(examples)
-        for word, feats, gold in examples:
-            step += 1
-            k = n_classes[word]
-            scores = [0.0] * k
-            for f in feats:
-                for c in range(k):
-                    scores[c] += w_.get((word, f, c), 0.0)
-            guess = max(range(k), key=lambda c: (scores[c], -c))
-            if guess != gold:
-                for f in feats:
-                    for c, d in ((gold, 1.0), (guess, -1.0)):
-                        key = (word, f, c)
-                        tot[key] += (step - stamp[key]) * w_[key]
-                        stamp[key] = step
-                        w_[key] += d
+    (``n_classes[model]`` classes each): :func:`averaged_perceptron_keys` with one key per
+    (model, feature, class)."""
+    keyed = [([[(word, f, c) for f in feats] for c in range(n_classes[word])], gold)
+             for word, feats, gold in examples]
     out = {}
-    for key, v in w_.items():
-        avg = (tot[key] + (step - stamp[key]) * v) / max(step, 1)
-        if abs(avg) >= 1e-3:
-            word, f, c = key
-            out.setdefault(word, {}).setdefault(f, {})[str(c)] = round(avg, 4)
+    for (word, f, c), v in averaged_perceptron_keys(keyed, epochs).items():
+        out.setdefault(word, {}).setdefault(f, {})[str(c)] = v
     return out
 
 

@@ -19,7 +19,6 @@ from rslavis.common.registry import registry
 from rslavis.text.base_parser import (DEFINITE_WORDS, NOUN_POS, NUMBER_WORDS, ONE_WORDS, TWO_WORDS,
                                       VAGUE_WORDS, BaseCaptionParser, Tok, combine_mentions)
 from rslavis.text.lexicon import features_of, oov_features
-from rslavis.text.tokenize import tokenize_batch
 
 
 # spaCy's English tokenizer on captions: numbers, words (split before "n't"), "'s", any

@@ -387,32 +387,31 @@ def prompt_captions(pool, ids, k, gen):
 
 
 class WeightEMA:
-    """An exponential moving average of a model's floating-point weights and buffers (torch's EMA rule, see
-    ``torch.optim.swa_utils.get_ema_multi_avg_fn``: ``avg = decay * avg + (1 - decay) * w`` after every step).
+    """An exponential moving average of a model's weights and buffers: torch's
+    ``AveragedModel`` with ``get_ema_multi_avg_fn(decay)`` (``avg = decay * avg + (1 - decay) * w``
+    after every step), started from the weights it is given.
 
-    ``swap_in`` puts the average into the model (for validation; the best state is copied from
-    it), ``swap_out`` puts the live weights back so training continues from them.
+    ``swap_in`` puts the average's floating-point tensors into the model (for validation; the best
+    state is copied from it), ``swap_out`` puts the live ones back so training continues from them.
     """
 
     def __init__(self, model, decay):
-        import torch
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        self.model, self.decay = model, float(decay)
-        self.live = {n: t for n, t in model.state_dict().items() if t.is_floating_point()}  # views of the live tensors
-        with torch.no_grad():
-            self.avg = {n: t.detach().clone() for n, t in self.live.items()}
+        self.model = model
+        self.avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+        self.avg.update_parameters(model)  # torch's first update copies the weights
         self.saved = None
 
     def update(self):
-        import torch
+        self.avg.update_parameters(self.model)
 
-        with torch.no_grad():
-            for n, t in self.live.items():
-                self.avg[n].lerp_(t, 1.0 - self.decay)
+    def _floats(self, module):
+        return {n: t.detach().clone() for n, t in module.state_dict().items() if t.is_floating_point()}
 
     def swap_in(self):
-        self.saved = {n: t.detach().clone() for n, t in self.live.items()}
-        self.model.load_state_dict(self.avg, strict=False)
+        self.saved = self._floats(self.model)
+        self.model.load_state_dict(self._floats(self.avg.module), strict=False)
 
     def swap_out(self):
         self.model.load_state_dict(self.saved, strict=False)

@@ -121,6 +121,9 @@ def main():
           f"reward parser: {', '.join(sorted(p.name + (f' ({p.model_name})' if getattr(p, 'model_name', None) else '') for p in parsers)) or 'none'}")
     print(f"SCST steps timed: {args.steps} (after {args.warmup} warm-up), {n_rows // args.steps} sampled captions per step "
           f"(batch {cfg.run.batch_size_train} x n {task.num_samples}), baseline {task.baseline}, rewards {dict(task.rewards_cfg)}")
+    for p in parsers:  # the hybrid parser sends unsure captions to spaCy: how many
+        if getattr(p, "stats", None):
+            print(f"parser {p.name}: {p.stats['fallback']} of the {p.stats['parsed']} distinct captions it parsed went to spaCy")
     print(f"mean step: {step / args.steps:.3f} s")
     for k, label in (("sample", "sampling + greedy baseline"), ("reward", "reward computation"), ("loss", "loss + loss terms"),
                      ("backward", "backward + optimizer step")):

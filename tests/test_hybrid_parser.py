@@ -67,7 +67,7 @@ def test_unsure_captions_get_spacys_result_in_one_batch():
     assert out[0] == spacy_p.parse(UNSURE) == {"highway": 2} and out[-1] == out[0]
     assert out[4] == spacy_p.parse(other) != build_parser({"name": "rules"}).parse(other)
     assert out[1:4] == build_parser({"name": "rules"}).parse_batch(SURE)
-    assert calls == [[UNSURE, other]] and h.stats == {"parsed": 5, "fallback": 2}
+    assert calls == [[UNSURE, other]] and (h.stats["parsed"], h.stats["fallback"]) == (5, 2) and h.stats["fallback_s"] > 0
     h.parse_batch([UNSURE])  # cached per caption: spaCy is not asked again
     assert len(calls) == 1
 

@@ -21,6 +21,7 @@ parsed by the rules (one warning). spaCy is loaded when the parser is built, nev
 """
 
 import logging
+import time
 
 from rslavis.common.registry import registry
 from rslavis.text.base_parser import NOUN_POS, Tok, combine_mentions
@@ -49,7 +50,8 @@ class HybridCaptionParser(RulesCaptionParser):
         self.ambiguous_margin = float(ambiguous_margin)
         self.fallback = None
         self.model_name = None
-        self.stats = {"parsed": 0, "fallback": 0}  # distinct captions parsed / sent to spaCy
+        # distinct captions parsed, those sent to spaCy, and the seconds spaCy took on them
+        self.stats = {"parsed": 0, "fallback": 0, "fallback_s": 0.0}
         self._margin = {}
         self._diff = {}
         if spacy is not False:
@@ -85,8 +87,10 @@ class HybridCaptionParser(RulesCaptionParser):
                 else:
                     cache[k] = self._parse_segments(k)
             if unsure:
+                t0 = time.perf_counter()
                 for k, found in zip(unsure, self.fallback.parse_batch(unsure)):
                     cache[k] = found
+                self.stats["fallback_s"] += time.perf_counter() - t0
             self.stats["parsed"] += len(todo)
             self.stats["fallback"] += len(unsure)
         return [dict(cache[k]) for k in keys]

@@ -123,7 +123,8 @@ def main():
           f"(batch {cfg.run.batch_size_train} x n {task.num_samples}), baseline {task.baseline}, rewards {dict(task.rewards_cfg)}")
     for p in parsers:  # the hybrid parser sends unsure captions to spaCy: how many
         if getattr(p, "stats", None):
-            print(f"parser {p.name}: {p.stats['fallback']} of the {p.stats['parsed']} distinct captions it parsed went to spaCy")
+            print(f"parser {p.name}: {p.stats['fallback']} of the {p.stats['parsed']} distinct captions it parsed went to spaCy "
+                  f"({p.stats['fallback_s']:.3f} s in all)")
     print(f"mean step: {step / args.steps:.3f} s")
     for k, label in (("sample", "sampling + greedy baseline"), ("reward", "reward computation"), ("loss", "loss + loss terms"),
                      ("backward", "backward + optimizer step")):

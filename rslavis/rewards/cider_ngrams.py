@@ -46,10 +46,13 @@ class KeyIndex:
         """Value of each key, ``default`` where it is absent."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         slot = self._slot(keys)
-        k = self.keys[slot]
-        hit = k == keys
-        out = np.where(hit, self.vals[slot], default)
-        todo = np.flatnonzero(~hit & (k >= 0))
+        k = self.keys.take(slot)
+        out = self.vals.take(slot)
+        miss = k != keys
+        todo = np.flatnonzero(miss)
+        if todo.size:
+            out[todo] = default
+            todo = todo[k.take(todo) >= 0]
         while todo.size:  # keys that met another key: the next slot
             s = (slot[todo] + 1) & self.mask
             slot[todo] = s

@@ -72,15 +72,18 @@ class RefPool:
         self.count = 0
         self.m = np.zeros(0, np.int64)  # references of each entry
         self.norm = np.zeros((0, 1, self.n))  # per entry and reference: norm of each n-gram order
+        self.inv_norm = np.zeros((0, self.n, 1))  # per entry, order and reference: 1 / norm, 0 where the norm is 0
         self.length = np.zeros((0, 1))  # per entry and reference: number of bigrams (pycocoevalcap's length)
         self.keys = np.zeros(0, np.int64)  # (entry << 30) | n-gram id, sorted
         self.w = np.zeros((0, 1))  # weight of that n-gram in each of the entry's references
         self.bits = np.zeros(0, np.uint64)  # per entry _MASK_WORDS words: bit id % 512 of its n-grams
 
     def maybe(self, entry, ngram):
-        """False where n-gram ``ngram`` is surely not in entry ``entry``'s references (arrays)."""
-        word = self.bits[(entry << _MASK_SHIFT) | ((ngram >> 6) & (_MASK_WORDS - 1))]
-        return ((word >> (ngram & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
+        """0 where n-gram ``ngram`` is surely not in entry ``entry``'s references, else 1 (arrays, uint64)."""
+        word = self.bits.take((entry << _MASK_SHIFT) | ((ngram >> 6) & (_MASK_WORDS - 1)))
+        word >>= (ngram & 63).view(np.uint64)
+        word &= np.uint64(1)
+        return word
 
     def add(self, tuples, grouped, lengths, order, idf):
         """Append the images ``tuples`` (in order) from :func:`image_term_frequencies`' ``grouped``.
@@ -119,6 +122,8 @@ class RefPool:
         length[e_of_ref, c_of_ref] = np.maximum(np.asarray(lengths) - 1, 0)
         pad = m_max - self.length.shape[1]
         self.norm = np.concatenate([np.pad(self.norm, ((0, 0), (0, pad), (0, 0))), norm])
+        inv_norm = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).transpose(0, 2, 1)
+        self.inv_norm = np.concatenate([np.pad(self.inv_norm, ((0, 0), (0, 0), (0, pad))), inv_norm])
         self.length = np.concatenate([np.pad(self.length, ((0, 0), (0, pad))), length])
         self.index.update(zip(tuples, range(first_entry, first_entry + len(tuples))))
         self.count += len(tuples)

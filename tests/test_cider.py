@@ -262,3 +262,33 @@ def test_key_index_is_a_map():
         probe = np.concatenate([keys[: part[-1] + 1], keys[part[-1] + 1 :][:500], [1, 5, (1 << 62) + 3]])
         assert index.get(probe).tolist() == [expected.get(k, -1) for k in probe.tolist()]
     assert index.count == keys.size and 2 * index.count <= index.keys.size
+
+
+def _span_ids_equal_string_ids(table, caps):
+    from rslavis.text.tokenize import ptb_token_spans, ptb_tokenize_flat
+
+    flat, lengths = ptb_tokenize_flat(caps)
+    ids, counts = table.word_ids_spans(*ptb_token_spans(caps))
+    assert counts.tolist() == lengths.tolist()
+    assert ids.tolist() == table.word_ids(flat, lengths, grow=False).tolist()
+
+
+def test_byte_span_word_ids_equal_the_dictionary_path(shared_data):
+    # the candidate side maps PTB tokens to ids from packed bytes (no string per token): it must
+    # give the ids the vocabulary dictionary gives, unknown words (local ids) included, on every
+    # real caption against a vocabulary from part of them, and on words around the 8/16-byte packing
+    from rslavis.rewards.cider_ngrams import NgramTable
+    from rslavis.text.tokenize import ptb_tokenize_flat
+
+    from test_tokenize_ptb import FILES, HARD
+
+    caps = []
+    for rel in FILES:
+        caps += [s["raw"] for im in json.loads((shared_data / rel).read_text())["images"] for s in im["sentences"]]
+    edge = ["abcdefgh", "abcdefghi", "abcdefghijklmnop", "abcdefghijklmnopq", "abcdefghijklmnopqr", "a" * 40]
+    table = NgramTable(4)
+    table.word_ids(*ptb_tokenize_flat(caps[::3] + edge[:4] + ["x\x00y", "caf\u00e9"]), grow=True)
+    odd = ["abcdefghijklmnopq x abcdefgh", "a abcdefghijklmnopqr b abcdefghi", "a\nnewline caption", None, "", "   ",
+           "café and unknownword unknownword", "a " + "a" * 40 + " b", "zzzz9 zzzz9 q-r q-r"]
+    for batch in (caps, odd, HARD, odd + HARD + caps[:500]):
+        _span_ids_equal_string_ids(table, batch)

@@ -103,3 +103,25 @@ def test_batched_path_keeps_caption_boundaries():
     assert lengths.tolist() == [len(ptb_tokenize(c)) for c in caps]
     assert flat == [t for c in caps for t in ptb_tokenize(c)]
     assert ptb_tokenize_flat([])[0] == []
+
+
+def _spans_as_tokens(caps):
+    from rslavis.text.tokenize import ptb_token_spans
+
+    buf, starts, ends, counts, fixes = ptb_token_spans(caps)
+    spans = iter(zip(starts.tolist(), ends.tolist()))
+    out = []
+    for k in range(len(caps)):
+        assert k not in fixes or counts[k] == 0
+        out.append(fixes[k] if k in fixes else [buf[a:b].decode() for a, b in (next(spans) for _ in range(counts[k]))])
+    assert next(spans, None) is None
+    return out
+
+
+def test_byte_spans_equal_the_tokens(shared_data):
+    # ptb_token_spans (the CIDEr-D reward's candidate path) gives ptb_tokenize's tokens caption by caption
+    caps = []
+    for rel in FILES:
+        caps += [s["raw"] for im in json.loads((shared_data / rel).read_text())["images"] for s in im["sentences"]]
+    for batch in (caps, synthetic_captions(200) + HARD, ["a\nb", "x"], [None, "", "cannot"], []):
+        assert _spans_as_tokens(batch) == [ptb_tokenize(c) for c in batch]

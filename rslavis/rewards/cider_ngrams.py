@@ -22,6 +22,9 @@ ID_CAP = (1 << ID_BITS) - 1
 _EMPTY = np.zeros(0, np.int64)
 _WINDOW = np.arange(32, dtype=np.int64)  # slots probed per round for the last few keys
 _FEW = 256
+_PACK_MUL = 0x9E3779B97F4A7C15
+_MASK63 = (1 << 63) - 1
+_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)  # the low k bytes
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key * 2**64 / golden ratio
 
 
@@ -116,6 +119,8 @@ class NgramTable:
         self.n = n
         self.vocab = {}
         self.index = KeyIndex()  # packed key -> dense id of the known n-grams
+        self._packed = KeyIndex()  # a word's bytes packed (see word_ids_spans) -> its id
+        self._packed_words = np.zeros((1, 2), np.uint64)  # per word id: its bytes as two words, 0 0 if unpacked
         self.order = _EMPTY
         self.df = np.zeros(0)
 
@@ -142,20 +147,92 @@ class NgramTable:
                         f"cider: the references hold more than {WORD_CAP} distinct words, the limit of the packed n-gram keys."
                     )
                 vocab.update(zip(new, range(first, first + len(new))))
+                self._index_words(new, first)
             return np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
         ids = np.fromiter(map(vocab.get, flat, repeat(0)), dtype=np.int64, count=len(flat))
         zeros = np.flatnonzero(ids == 0)
         if zeros.size:
-            base = len(vocab) + 1
-            caption_of = np.searchsorted(np.cumsum(lengths), zeros, side="right").tolist()
-            local, current = {}, -1
-            for j, c in zip(zeros.tolist(), caption_of):
-                if c != current:
-                    local, current = {}, c
-                ids[j] = local.setdefault(flat[j], base + len(local))
-                if base + len(local) > WORD_CAP + 1:  # only a caption with tens of thousands of unknown words
-                    raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
+            caption_of = np.searchsorted(np.cumsum(lengths), zeros, side="right")
+            self._local_ids(ids, zeros, caption_of, flat.__getitem__)
         return ids
+
+    def _local_ids(self, ids, zeros, caption_of, word_at):
+        """Ids above the vocabulary for the unknown words at ``zeros`` (caption ``caption_of``),
+        one per distinct word of a caption; ``word_at(j)`` is the word at position ``j``."""
+        base = len(self.vocab) + 1
+        local, current = {}, -1
+        for j, c in zip(zeros.tolist(), caption_of.tolist()):
+            if c != current:
+                local, current = {}, c
+            ids[j] = local.setdefault(word_at(j), base + len(local))
+            if base + len(local) > WORD_CAP + 1:  # only a caption with tens of thousands of unknown words
+                raise RslavisError(f"cider: a candidate has too many distinct unknown words ({len(local)}).")
+
+    def _index_words(self, words, first):
+        """Add the packed form of the new vocabulary ``words`` (ids from ``first``) to the byte index."""
+        k1, k2, key = [], [], []
+        for w in words:
+            b = w.encode("ascii") if w.isascii() else b""
+            if 0 < len(b) <= 16 and b"\0" not in b:
+                a, c = int.from_bytes(b[:8], "little"), int.from_bytes(b[8:], "little")
+            else:  # never a span of the batched tokenizer: left to the dictionary
+                a = c = 0
+            k1.append(a)
+            k2.append(c)
+            key.append(a if c == 0 else ((a * _PACK_MUL) % (1 << 64) ^ c) & _MASK63)
+        k1, k2 = np.array(k1, dtype=np.uint64), np.array(k2, dtype=np.uint64)
+        self._packed_words = np.concatenate([self._packed_words, np.stack([k1, k2], axis=1)])
+        key = np.array(key, dtype=np.int64)
+        ok = np.flatnonzero(k1 != 0)
+        _, at = np.unique(key[ok], return_index=True)  # equal keys (two long words): the first one
+        ok = ok[np.sort(at)]
+        ok = ok[self._packed.get(key[ok]) < 0]
+        self._packed.add(key[ok], ok + first)
+
+    def word_ids_spans(self, buf, starts, ends, counts, fixes):
+        """:meth:`word_ids` (``grow=False``) of :func:`~rslavis.text.tokenize.ptb_token_spans`'
+        output, as ``(ids, tokens per caption)``.
+
+        A token of up to 16 bytes is packed into two 64-bit words straight from ``buf`` and
+        found in a hash table of the vocabulary's packed words (checked against the packed
+        word, so a hash collision cannot give a wrong id): no string per token. Longer tokens,
+        collisions and the ``fixes`` captions go through the vocabulary dictionary.
+        """
+        vocab = self.vocab
+        tl = ends - starts
+        if starts.size:
+            padded = buf + bytes(16)
+            win = np.ndarray((len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))  # 8 bytes from each offset
+            k1 = win.take(starts) & _LOW_BYTES.take(np.minimum(tl, 8))
+            k2 = win.take(starts + 8) & _LOW_BYTES.take(np.clip(tl - 8, 0, 8))
+            mixed = ((k1 * np.uint64(_PACK_MUL)) ^ k2) & np.uint64(_MASK63)
+            key = np.where(k2 == 0, k1, mixed).view(np.int64)
+            ids = self._packed.get(key, 0)
+            word = self._packed_words.take(ids, axis=0)
+            # a word longer than 16 bytes (its first 16 may spell another word), or a collision
+            other = np.flatnonzero((((word[:, 0] != k1) | (word[:, 1] != k2)) & (ids != 0)) | (tl > 16))
+            ids[other] = 0
+            for j in other.tolist():
+                ids[j] = vocab.get(buf[starts[j] : ends[j]].decode("ascii"), 0)
+        else:
+            ids = np.zeros(0, np.int64)
+        zeros = np.flatnonzero(ids == 0)
+        if zeros.size:
+            caption_of = np.searchsorted(np.cumsum(counts), zeros, side="right")
+            self._local_ids(ids, zeros, caption_of, lambda j: buf[starts[j] : ends[j]].decode("ascii"))
+        if not fixes:
+            return ids, counts
+        counts = counts.copy()
+        offsets = np.cumsum(counts) - counts
+        at, extra = [], []
+        for k, toks in fixes.items():
+            fix = self.word_ids(toks, np.array([len(toks)]), grow=False)
+            at.extend([offsets[k]] * len(toks))
+            extra.append(fix)
+            counts[k] = len(toks)
+        if extra:
+            ids = np.insert(ids, np.array(at, dtype=np.int64), np.concatenate(extra))
+        return ids, counts
 
     def ngrams(self, word_ids, lengths, grow):
         """Every n-gram occurrence of concatenated captions as ``(ids, owner, tmp_order)``.

@@ -302,3 +302,52 @@ def ptb_tokenize_batch(texts):
     flat, lengths = ptb_tokenize_flat(texts)
     ends = np.cumsum(lengths).tolist()
     return [flat[s:e] for s, e in zip([0] + ends[:-1], ends)]
+
+
+def ptb_token_spans(texts):
+    """:func:`ptb_tokenize` over a list, as byte spans, for callers that map tokens to ids
+    without making a string per token.
+
+    Returns ``(buf, starts, ends, counts, fixes)``: the tokens of caption ``k`` are
+    ``counts[k]`` (int64) consecutive spans ``buf[starts[i]:ends[i]]`` (ASCII bytes), except
+    for the captions of ``fixes`` (caption -> token list: they need the full rules; their
+    count is 0 and they have no spans). ``tests/test_tokenize_ptb.py`` checks that this
+    equals :func:`ptb_tokenize_flat`.
+    """
+    texts = list(texts)
+    n = len(texts)
+    try:
+        joined = "\n".join(texts)
+    except TypeError:  # None or non-string captions: ptb_tokenize's conversions
+        texts = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
+        joined = "\n".join(texts)
+    buf = b"\n" + joined.lower().encode("ascii", "replace") + b"\n"
+    nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+    if nl.size != n + 1:  # a caption holds a newline: every caption by the full rules
+        return b"", _EMPTY_I64, _EMPTY_I64, np.zeros(n, np.int64), {k: ptb_tokenize(t) for k, t in enumerate(texts)}
+    bad = _not_plain(buf)
+    if any(w in buf for w in _SPLIT_BYTES):  # a word of _SPLIT_WORDS, or text containing one: full rules
+        bad = np.concatenate([bad, _split_word_positions(buf)])
+    plain = buf.translate(_DROP)
+    nl_plain = nl
+    if b"'" in plain:
+        plain = plain.replace(b"'s", b" 's")
+        nl_plain = np.flatnonzero(np.frombuffer(plain, np.uint8) == 10)
+    tok = np.frombuffer(plain.translate(_IS_TOK), np.uint8)
+    starts = np.flatnonzero(tok[1:] > tok[:-1]) + 1
+    ends = np.flatnonzero(tok[1:] < tok[:-1]) + 1
+    counts = np.diff(np.searchsorted(starts, nl_plain))
+    bad_lines = np.unique(np.searchsorted(nl, bad) - 1).tolist()
+    fixes = {}
+    if bad_lines:
+        line = np.repeat(np.arange(n, dtype=np.int64), counts)
+        drop = np.zeros(n, dtype=bool)
+        drop[bad_lines] = True
+        keep = ~drop[line]
+        starts, ends = starts[keep], ends[keep]
+        counts[bad_lines] = 0
+        fixes = {k: ptb_tokenize(texts[k]) for k in bad_lines}
+    return plain, starts, ends, counts.astype(np.int64, copy=False), fixes
+
+
+_EMPTY_I64 = np.zeros(0, np.int64)

@@ -24,7 +24,9 @@ per-image ``Cider`` on PTB-tokenized text to 1e-9 (``tests/test_cider.py``, RSIC
 
 Speed: captions are tokenized in pure Python, n-grams get 64-bit integer keys built
 order by order (:mod:`rslavis.rewards.cider_ngrams`: no practical vocabulary limit), and
-everything after the word-id lookup is numpy over the whole batch. Reference vectors are
+everything after the word-id lookup is numpy over the whole batch. Candidates' words are
+looked up from the tokenizer's byte spans (packed bytes in a hash table, checked against
+the word's packed bytes), without a string per token. Reference vectors are
 cached per image (:mod:`rslavis.rewards.cider_refs`, keyed by the tuple of reference
 strings); the corpus pass fills that cache for every corpus image from the same
 tokenization it counts document frequencies on, so in training each reference is

@@ -17,7 +17,7 @@ are compared on fewer objects).
     python bench/scst_gain.py [--seeds 0 1 2] [--train 300] [--ce-epochs 5] [--scst-steps 40] [--threads 1]
 
 The README's run is shrunk to fit a shared 2-core machine (``--seeds 0 1 --train 200
---ce-epochs 4 --scst-steps 30``: 18 to 35 minutes there); the defaults take longer. Every run
+--ce-epochs 4 --scst-steps 30``: 9 to 35 minutes there, by its load); the defaults take longer. Every run
 is a subprocess with ``OMP_NUM_THREADS=--threads`` (on a shared machine one thread per
 process avoids oversubscription). Nothing here is tuned to the outcome: the settings were fixed before
 the first run.

@@ -73,27 +73,20 @@ class HybridCaptionParser(RulesCaptionParser):
         keep = {k: v for k, v in kwargs.items() if k not in ("lexicon_path", "segment_cache_size")}
         return SpacyCaptionParser(**keep, **opts)
 
-    def parse_batch(self, captions):
-        cache = self._cache
-        keys = [c if isinstance(c, str) else ("" if c is None else str(c)) for c in captions]
-        todo = [k for k in dict.fromkeys(keys) if k not in cache]
-        if todo:
-            if len(cache) + len(todo) > self.cache_size:
-                cache.clear()
-            unsure = []
-            for k in todo:
-                if self.fallback is not None and self.unsure(k):
-                    unsure.append(k)
-                else:
-                    cache[k] = self._parse_segments(k)
-            if unsure:
-                t0 = time.perf_counter()
-                for k, found in zip(unsure, self.fallback.parse_batch(unsure)):
-                    cache[k] = found
-                self.stats["fallback_s"] += time.perf_counter() - t0
-            self.stats["parsed"] += len(todo)
-            self.stats["fallback"] += len(unsure)
-        return [dict(cache[k]) for k in keys]
+    def _parse_new(self, todo, cache):
+        unsure = []
+        for k in todo:
+            if self.fallback is not None and self.unsure(k):
+                unsure.append(k)
+            else:
+                cache[k] = self._parse_segments(k)
+        if unsure:
+            t0 = time.perf_counter()
+            for k, found in zip(unsure, self.fallback.parse_batch(unsure)):
+                cache[k] = found
+            self.stats["fallback_s"] += time.perf_counter() - t0
+        self.stats["parsed"] += len(todo)
+        self.stats["fallback"] += len(unsure)
 
     # ------------------------------------------------------------------ the gate
     def unsure(self, caption):

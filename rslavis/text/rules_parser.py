@@ -306,9 +306,13 @@ class RulesCaptionParser(BaseCaptionParser):
         if todo:
             if len(cache) + len(todo) > self.cache_size:
                 cache.clear()
-            for k in todo:
-                cache[k] = self._parse_segments(k)
+            self._parse_new(todo, cache)
         return [dict(cache[k]) for k in keys]
+
+    def _parse_new(self, todo, cache):
+        """Parse the distinct captions ``todo`` that are not cached yet into ``cache``."""
+        for k in todo:
+            cache[k] = self._parse_segments(k)
 
     def _parse_segments(self, caption):
         ws = caption_words(caption)

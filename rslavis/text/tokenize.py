@@ -247,17 +247,25 @@ def _split_word_positions(buf):
     return np.asarray(out, dtype=np.int64)
 
 
+def _joined(texts):
+    """``(texts, buf, nl)``: the captions as strings (``ptb_tokenize``'s conversions of None and
+    non-strings), joined lower-cased into ASCII bytes framed by newlines (one byte per character),
+    and the newline positions (caption k lies between ``nl[k]`` and ``nl[k + 1]``; more than
+    ``len(texts) + 1`` of them when a caption holds a newline)."""
+    try:
+        joined = "\n".join(texts)
+    except TypeError:
+        texts = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
+        joined = "\n".join(texts)
+    buf = b"\n" + joined.lower().encode("ascii", "replace") + b"\n"
+    return texts, buf, np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+
+
 def _ptb_flat(texts):
     """PTB tokens of the captions ``texts`` (a list) as one flat list, and the number of
     tokens of each caption (int64 numpy). Equal to ``ptb_tokenize`` caption by caption."""
     n = len(texts)
-    try:
-        joined = "\n".join(texts)
-    except TypeError:  # None or non-string captions: ptb_tokenize's conversions
-        texts = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
-        joined = "\n".join(texts)
-    buf = b"\n" + joined.lower().encode("ascii", "replace") + b"\n"  # one byte per character
-    nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)  # caption k lies between nl[k] and nl[k + 1]
+    texts, buf, nl = _joined(texts)
     if nl.size != n + 1:  # a caption holds a newline: one caption at a time
         toks = [ptb_tokenize(t) for t in texts]
         return list(chain.from_iterable(toks)), np.fromiter(map(len, toks), np.int64, count=n)
@@ -316,13 +324,7 @@ def ptb_token_spans(texts):
     """
     texts = list(texts)
     n = len(texts)
-    try:
-        joined = "\n".join(texts)
-    except TypeError:  # None or non-string captions: ptb_tokenize's conversions
-        texts = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
-        joined = "\n".join(texts)
-    buf = b"\n" + joined.lower().encode("ascii", "replace") + b"\n"
-    nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+    texts, buf, nl = _joined(texts)
     if nl.size != n + 1:  # a caption holds a newline: every caption by the full rules
         return b"", _EMPTY_I64, _EMPTY_I64, np.zeros(n, np.int64), {k: ptb_tokenize(t) for k, t in enumerate(texts)}
     bad = _not_plain(buf)

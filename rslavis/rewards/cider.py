@@ -177,8 +177,7 @@ class CiderD(BaseReward):
         eidx = np.fromiter(map(pool.index.get, keys, repeat(-1)), dtype=np.int64, count=len(references))
         lacking = np.flatnonzero(eidx < 0)
         if lacking.size or () in pool.index:  # an empty reference list is never found, unless the corpus had one
-            empty = [i for i, r in enumerate(references) if isinstance(r, str) or len(r) == 0]
-            empty = [i for i in empty if not isinstance(references[i], str)]
+            empty = [i for i, r in enumerate(references) if not isinstance(r, str) and len(r) == 0]
             if empty:
                 raise DataError(f"cider: candidate {empty[0]} has no reference captions.")
         if lacking.size:
@@ -274,15 +273,11 @@ class CiderD(BaseReward):
             rank = np.zeros(b, dtype=np.int64)
             rank[np.fromiter(first.values(), dtype=np.int64, count=len(uniq))] = np.arange(len(uniq))
             inv = rank[at_first]
-            rows = rows_u[inv]
-            total = int(rows.sum())
-            src = np.repeat((np.cumsum(rows_u) - rows_u)[inv] - (np.cumsum(rows) - rows), rows)
-            src += np.arange(total, dtype=np.int64)
+            src, cand = expand_rows(cu, rows_u, inv)
             d_all = d[src]
             inv_h, len_h = inv_u[inv], len_u[inv]
         else:
-            rows, src, d_all, inv_h, len_h = rows_u, None, d, inv_u, len_u
-        cand = np.repeat(np.arange(b, dtype=np.int64), rows)
+            src, cand, d_all, inv_h, len_h = None, cu, d, inv_u, len_u
 
         # the candidate n-grams found in the references of the candidate's image
         score = np.zeros(b)

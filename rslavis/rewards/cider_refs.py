@@ -3,8 +3,8 @@
 An image is keyed by the tuple of its reference strings. Entry ``e``'s TF-IDF weights
 are rows of ``w`` (one column per reference) under the sorted keys
 ``(e << 30) | n-gram id`` of ``keys``, so a batch finds every candidate n-gram in its
-image's references with one ``searchsorted`` over the pool; its references' norms
-and lengths are ``norm[e]`` / ``length[e]``, padded with zeros to the most references of an
+image's references with one ``searchsorted`` over the pool; its references' inverse norms
+(per order) and lengths are ``inv_norm[e]`` / ``length[e]``, padded with zeros to the most references of an
 entry (``m[e]`` are real). Most candidate
 n-grams are not in their image's references: a 512-bit mask per entry (bit ``id % 512``
 set for each of its n-grams) rules most of them out before the search.
@@ -71,7 +71,6 @@ class RefPool:
         self.index = {}  # tuple of reference strings -> entry
         self.count = 0
         self.m = np.zeros(0, np.int64)  # references of each entry
-        self.norm = np.zeros((0, 1, self.n))  # per entry and reference: norm of each n-gram order
         self.inv_norm = np.zeros((0, self.n, 1))  # per entry, order and reference: 1 / norm, 0 where the norm is 0
         self.length = np.zeros((0, 1))  # per entry and reference: number of bigrams (pycocoevalcap's length)
         self.keys = np.zeros(0, np.int64)  # (entry << 30) | n-gram id, sorted
@@ -121,7 +120,6 @@ class RefPool:
         length = np.zeros((counts.size, m_max))
         length[e_of_ref, c_of_ref] = np.maximum(np.asarray(lengths) - 1, 0)
         pad = m_max - self.length.shape[1]
-        self.norm = np.concatenate([np.pad(self.norm, ((0, 0), (0, pad), (0, 0))), norm])
         inv_norm = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).transpose(0, 2, 1)
         self.inv_norm = np.concatenate([np.pad(self.inv_norm, ((0, 0), (0, 0), (0, pad))), inv_norm])
         self.length = np.concatenate([np.pad(self.length, ((0, 0), (0, pad))), length])

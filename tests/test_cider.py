@@ -292,3 +292,25 @@ def test_byte_span_word_ids_equal_the_dictionary_path(shared_data):
            "café and unknownword unknownword", "a " + "a" * 40 + " b", "zzzz9 zzzz9 q-r q-r"]
     for batch in (caps, odd, HARD, odd + HARD + caps[:500]):
         _span_ids_equal_string_ids(table, batch)
+
+
+def test_whitespace_span_word_ids_equal_the_dictionary_path():
+    # `pretokenized: true` candidates: ids from the packed bytes of str.split() tokens must equal
+    # the dictionary's on known, unknown, long (> 16 bytes), non-ASCII and NUL-holding tokens
+    from rslavis.rewards.cider import _split_flat
+    from rslavis.rewards.cider_ngrams import NgramTable
+    from rslavis.text.tokenize import whitespace_token_spans
+
+    from test_tokenize_ptb import synthetic_captions
+
+    refs = synthetic_captions(300) + ["abcdefgh abcdefghi abcdefghijklmnop abcdefghijklmnopq " + "b" * 40,
+                                      "caf\u00e9 x\x00y Road -lrb- 's"]
+    table = NgramTable(4)
+    table.word_ids(*_split_flat(refs[::2]), grow=True)
+    odd = ["abcdefghijklmnopq abcdefgh", "b" * 40 + " abcdefghi", "caf\u00e9 Road\troad", "x\x00y x", "a\x00 a", None, "", " \n ",
+           "unknownword unknownword -lrb- 's", 7]
+    for batch in (refs, odd, odd + refs):
+        flat, lengths = _split_flat(batch)
+        ids, counts = table.word_ids_spans(*whitespace_token_spans(batch))
+        assert counts.tolist() == lengths.tolist()
+        assert ids.tolist() == table.word_ids(flat, lengths, grow=False).tolist()

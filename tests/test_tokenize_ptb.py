@@ -125,3 +125,20 @@ def test_byte_spans_equal_the_tokens(shared_data):
         caps += [s["raw"] for im in json.loads((shared_data / rel).read_text())["images"] for s in im["sentences"]]
     for batch in (caps, synthetic_captions(200) + HARD, ["a\nb", "x"], [None, "", "cannot"], []):
         assert _spans_as_tokens(batch) == [ptb_tokenize(c) for c in batch]
+
+
+def test_whitespace_spans_equal_str_split():
+    # the CIDEr-D reward's `pretokenized: true` candidate path: str.split() per caption, as byte spans
+    from rslavis.text.tokenize import whitespace_token_spans
+
+    caps = ["a b  c", "", None, " x\ty\r\x0bz\x1f ", "caf\u00e9 w", "two\nlines here", "nul\x00x y", 3, "end ",
+            "-lrb- a 's . ,", "\x0c"] + synthetic_captions(50)
+    for batch in (caps, [], ["only"], ["a\nb"], [""]):
+        buf, starts, ends, counts, fixes = whitespace_token_spans(batch)
+        spans = iter(zip(starts.tolist(), ends.tolist()))
+        got = []
+        for k in range(len(batch)):
+            assert k not in fixes or counts[k] == 0
+            got.append(fixes[k] if k in fixes else [buf[a:b].decode() for a, b in (next(spans) for _ in range(counts[k]))])
+        assert next(spans, None) is None
+        assert got == [("" if c is None else str(c)).split() for c in batch]

@@ -45,7 +45,7 @@ from rslavis.common.registry import registry
 from rslavis.rewards.base_reward import BaseReward
 from rslavis.rewards.cider_ngrams import ID_BITS, NgramTable
 from rslavis.rewards.cider_refs import RefPool, expand_rows, image_term_frequencies
-from rslavis.text.tokenize import ptb_token_spans, ptb_tokenize_flat
+from rslavis.text.tokenize import ptb_token_spans, ptb_tokenize_flat, whitespace_token_spans
 
 logger = logging.getLogger(__name__)
 
@@ -219,11 +219,9 @@ class CiderD(BaseReward):
         """Distinct candidates' n-grams the table knows, as ``(caption, id, weight)`` rows sorted by
         caption then id; per caption and order the inverse norm (0 for an empty order); lengths."""
         n, table = self.n, self.table
-        if self.pretokenized:
-            flat, lengths = self._tokenize(uniq)
-            ids = table.word_ids(flat, lengths, grow=False)
-        else:  # PTB tokens as byte spans, looked up without a string per token
-            ids, lengths = table.word_ids_spans(*ptb_token_spans(uniq))
+        # tokens as byte spans, looked up without a string per token
+        spans = whitespace_token_spans(uniq) if self.pretokenized else ptb_token_spans(uniq)
+        ids, lengths = table.word_ids_spans(*spans)
         dense, owner, tmp_order = table.ngrams(ids, lengths, grow=False)
         g = table.size
         shift = max(1, int(dense.max(initial=0)).bit_length())

@@ -353,3 +353,30 @@ def ptb_token_spans(texts):
 
 
 _EMPTY_I64 = np.zeros(0, np.int64)
+
+# bytes str.split() splits ASCII text on (besides the newline that separates captions)
+_WS_SEP = bytes(int(b in b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f") for b in range(256))
+
+
+def whitespace_token_spans(texts):
+    """``str.split()`` of each caption as byte spans, in :func:`ptb_token_spans`' format
+    ``(buf, starts, ends, counts, fixes)`` (the CIDEr-D reward's ``pretokenized`` path): a
+    caption that is not ASCII, holds a newline or a NUL byte is split in Python and sits in
+    ``fixes``. None counts as "", other objects as ``str()``, as in the token-list path."""
+    texts = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
+    n = len(texts)
+    if not n:
+        return b"", _EMPTY_I64, _EMPTY_I64, _EMPTY_I64, {}
+    joined = "\n".join(texts)
+    fixes = {}
+    if "\0" in joined or not joined.isascii() or joined.count("\n") != max(n - 1, 0):
+        fixes = {k: t.split() for k, t in enumerate(texts) if "\0" in t or "\n" in t or not t.isascii()}
+        texts = ["" if k in fixes else t for k, t in enumerate(texts)]
+        joined = "\n".join(texts)
+    buf = b"\n" + joined.encode("ascii") + b"\n"
+    tok = np.frombuffer(buf.translate(_WS_SEP), np.uint8)  # 1: a separator
+    starts = np.flatnonzero(tok[1:] < tok[:-1]) + 1
+    ends = np.flatnonzero(tok[1:] > tok[:-1]) + 1
+    nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+    counts = np.diff(np.searchsorted(starts, nl)).astype(np.int64, copy=False)
+    return buf, starts, ends, counts, fixes

@@ -10,7 +10,7 @@ Each phase is timed with ``time.perf_counter`` inside :meth:`SCSTTask.scst_step`
 backward and the optimizer step are timed here.
 
 The profile runs twice, each in its own process: with the caption parser a user gets
-by default (``scst_reward_parser`` unset: spaCy when installed) and with ``rules``.
+by default (``scst_reward_parser`` unset: ``hybrid``) and with ``rules``.
 Prints the mean seconds of each phase, its share of the step, and the rewards' share
 against the goal (<= 5%).
 

@@ -178,7 +178,7 @@ def main(argv=None):
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the Java start-up)")
     p.add_argument("--no-spice", action="store_true", help="skip SPICE")
     p.add_argument("--no-objects", action="store_true", help="skip the object metrics (saves the caption parser)")
-    p.add_argument("--parser", default=None, help="caption parser for the object metrics (spacy, rules, ...)")
+    p.add_argument("--parser", default=None, help="caption parser for the object metrics (default: hybrid; rules, spacy, ...)")
     p.add_argument("--lenient", action="store_true", help="unknown sections and keys warn (one line each) instead of failing")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)

@@ -136,7 +136,7 @@ def main(argv=None):
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs Java)")
     ap.add_argument("--no-spice", action="store_true", help="skip SPICE")
     ap.add_argument("--no-objects", action="store_true", help="skip the object-level metrics")
-    ap.add_argument("--parser", default=None, help="caption parser for object metrics (spacy, rules, ...)")
+    ap.add_argument("--parser", default=None, help="caption parser for object metrics (default: hybrid; rules, spacy, ...)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

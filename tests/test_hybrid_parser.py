@@ -84,3 +84,47 @@ def test_without_spacy_it_parses_like_rules_with_one_warning(monkeypatch, caplog
     assert a.fallback is None and b.fallback is None
     assert len([r for r in caplog.records if "not installed" in r.getMessage()]) == 1
     assert a.parse(UNSURE) == build_parser({"name": "rules"}).parse(UNSURE)
+
+
+def test_the_default_parser_is_the_hybrid():
+    import rslavis.text as text
+    from rslavis.rewards.combine import build_reward
+    from rslavis.rewards.count import CountReward
+    from rslavis.rewards.sde import SDEReward
+
+    assert text.default_parser_name() == "hybrid"
+    default = build_parser()
+    assert default.name == "hybrid" and default is build_parser("hybrid") is build_parser({})
+    # rewards, metrics and count dictionaries given no parser read this one
+    assert CountReward().parser is default and SDEReward().parser is default
+    assert build_reward({"count": 1.0, "sde": 1.0}).components["count"][1].parser is default
+    if HAS_PIPELINE:  # spaCy reads the unsure caption, not the rules
+        assert default.fallback is not None and default.fallback.mode == "full"
+        assert build_parser().parse(UNSURE) == build_parser("spacy").parse(UNSURE) != build_parser("rules").parse(UNSURE)
+
+
+@pytest.mark.parametrize("missing", ["spacy", "pipeline"])
+def test_default_without_spacy_warns_once_and_parses_like_rules(monkeypatch, caplog, missing):
+    import rslavis.text as text
+    import rslavis.text.hybrid_parser as hp
+    import rslavis.text.spacy_parser as spp
+    from rslavis.rewards.count import CountReward
+
+    if missing == "spacy":
+        monkeypatch.setattr(spp, "spacy_available", lambda: False)
+    else:
+        monkeypatch.setattr(spp, "installed_pipelines", lambda: [])
+    monkeypatch.setattr(text, "_PARSERS", {})  # a fresh default, not the one other tests built
+    monkeypatch.setattr(hp, "_warned", set())
+    with caplog.at_level(logging.WARNING):
+        p = build_parser()
+        reward = CountReward()
+        gen, refs = ["two cars on a road", UNSURE], [["three cars on a road"], ["two freeways"]]
+        scores = reward(gen, refs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "'hybrid'" in warnings[0] and "not installed" in warnings[0], warnings
+    assert p.name == "hybrid" and p.fallback is None and reward.parser is p
+    rules = build_parser({"name": "rules"})
+    caps = SURE + [UNSURE, "two cars on a road"]
+    assert p.parse_batch(caps) == rules.parse_batch(caps)
+    assert scores.tolist() == CountReward(parser="rules")(gen, refs).tolist()

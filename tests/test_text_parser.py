@@ -45,9 +45,11 @@ def test_fallback_parsers_agree_on_core_cases(name, caption, expected):
     assert build_parser(name).parse(caption) == expected
 
 
-def test_default_parser_is_spacy_with_a_pipeline(parser):
-    assert build_parser() is parser or build_parser().name == "spacy"
-    assert parser.mode == "full"
+def test_default_parser_is_the_hybrid_with_spacy_behind_it(parser):
+    # the default is the hybrid (tests/test_hybrid_parser.py); with a pipeline installed,
+    # its fallback is this full spaCy parser's pipeline
+    assert build_parser().name == "hybrid" and build_parser() is not parser
+    assert parser.mode == "full" and build_parser().fallback.mode == "full"
 
 
 def test_typos_and_synonyms(parser):

@@ -16,7 +16,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output HTML file (default: report.html in the run folder, "
                    "compare_<B>.html in RUN_A for a comparison)")
     p.add_argument("--max-images", type=int, default=48, help="gallery size cap (default 48)")
-    p.add_argument("--parser", default=None, help="caption parser for the object analysis (spacy, rules, ...)")
+    p.add_argument("--parser", default=None, help="caption parser for the object analysis (default: hybrid; rules, spacy, ...)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     if len(args.runs) > 2:

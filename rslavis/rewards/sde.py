@@ -27,7 +27,7 @@ def sde_value(generated_objects, gt_objects, match, empty_value=0.0):
 @registry.register_reward("sde")
 class SDEReward(ObjectRewardMixin, BaseReward):
     """SDE per caption (see module docstring). Config: ``parser`` (name or mapping, default
-    ``spacy``), ``scale`` (1.0), ``empty_value`` (0.0). ``extra``: ``count_dicts``."""
+    ``hybrid``), ``scale`` (1.0), ``empty_value`` (0.0). ``extra``: ``count_dicts``."""
 
     def __init__(self, parser=None, scale=1.0, empty_value=0.0, cache_size=100000):
         self._init_objects(parser, cache_size)

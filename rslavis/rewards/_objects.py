@@ -1,5 +1,7 @@
 """Shared plumbing of the object rewards (``sde``, ``count``): parsing and count dictionaries."""
 
+from itertools import repeat
+
 from rslavis.common.errors import DataError
 from rslavis.text.count_dict import fuse_counts
 
@@ -23,15 +25,22 @@ class ObjectRewardMixin:
                     f"{len(count_dicts)} count_dicts for {len(references)} samples; pass one per sample."
                 )
             return [self._canonical_dict(c) for c in count_dicts]
-        keys = [(r,) if isinstance(r, str) else tuple(r) for r in references]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._ref_cache))
+        if not isinstance(references, (list, tuple)):
+            references = list(references)
+        if any(map(isinstance, references, repeat(str))):
+            keys = [(r,) if isinstance(r, str) else tuple(r) for r in references]
+        else:  # lists of references (the usual case): C loops
+            keys = list(map(tuple, references))
+        cache = self._ref_cache
+        todo = [k for k in dict.fromkeys(keys) if k not in cache]
         if todo:
-            if len(self._ref_cache) + len(todo) > self._ref_cache_size:
-                self._ref_cache.clear()
+            if len(cache) + len(todo) > self._ref_cache_size:
+                cache.clear()
+                todo = list(dict.fromkeys(keys))  # the cached ones of this call are gone too
             parses = iter(self.parser.parse_batch([r for k in todo for r in k]))
             for k in todo:
-                self._ref_cache[k] = fuse_counts([next(parses) for _ in k])
-        return [self._ref_cache[k] for k in keys]
+                cache[k] = fuse_counts([next(parses) for _ in k])
+        return list(map(cache.__getitem__, keys))
 
     def _canonical_dict(self, d):
         out = {}
@@ -45,8 +54,4 @@ class ObjectRewardMixin:
         """The generated object that names ``gt_name`` (synonyms, typos, compound heads), or None."""
         if gt_name in generated_objects:
             return gt_name
-        same = self.table.same_object
-        for h in generated_objects:
-            if same(gt_name, h):
-                return h
-        return None
+        return self.table.first_same(gt_name, generated_objects)

@@ -58,7 +58,8 @@ NOUN_POS = ("NOUN", "PROPN")
 BLOCK_POS = frozenset(("PUNCT", "NUM", "DET", "ADP", "CCONJ", "AUX", "PRON"))
 BLOCK_LEMMAS = frozenset(("be",))  # "is" tagged VERB is no compound modifier either
 MAX_COUNT = 10000  # a numeral beyond this is a year or an id, not a count
-_DIGITS = re.compile(r"^\d+$")
+_DIGITS = re.compile(r"^\d+$")  # also "12\n": "$" matches before a final newline
+_MISSING = object()
 
 
 class BaseCaptionParser:
@@ -81,6 +82,7 @@ class BaseCaptionParser:
         )
         self.cache_size = int(cache_size)
         self._cache = {}
+        self._canonical = {}  # lemma -> SynonymTable.canonical(lemma), a pure function of the table
 
     @classmethod
     def from_config(cls, cfg=None):
@@ -108,6 +110,7 @@ class BaseCaptionParser:
         if todo:
             if len(self._cache) + len(todo) > self.cache_size:
                 self._cache.clear()
+                todo = list(dict.fromkeys(keys))  # the cached ones of this call are gone too
             for k, toks in zip(todo, self._tokens(todo)):
                 self._cache[k] = self.objects_from_tokens(toks)
         return [dict(self._cache[k]) for k in keys]
@@ -119,6 +122,16 @@ class BaseCaptionParser:
         return fuse_counts(self.parse_batch(list(references)))
 
     # ------------------------------------------------------------------ the rules
+    def _canon(self, lemma):
+        """``self.table.canonical(lemma)``, cached per lemma."""
+        found = self._canonical.get(lemma, _MISSING)
+        if found is _MISSING:
+            found = self.table.canonical(lemma)
+            if len(self._canonical) > 200000:
+                self._canonical.clear()
+            self._canonical[lemma] = found
+        return found
+
     def _unit_end(self, toks, i):
         """End (exclusive) and canonical name of the longest known compound starting at ``i``."""
         n_max = min(self.table.max_compound_words, len(toks) - i)
@@ -161,7 +174,7 @@ class BaseCaptionParser:
         while j >= 0 and skipped <= 4:
             t = toks[j]
             w = t.text
-            if _DIGITS.match(w):
+            if w.isdecimal() or (w.endswith("\n") and _DIGITS.match(w)):  # _DIGITS without a regex call per word
                 v = int(w)
                 return ("exact", v) if v <= MAX_COUNT else ("vague", None)
             if w in NUMBER_WORDS and t.pos in ("NUM", "X", "NOUN", "DET", "ADJ"):
@@ -219,11 +232,11 @@ class BaseCaptionParser:
                 if last.modifier and end < n and toks[end].pos in ("NOUN", "PROPN"):
                     i = end
                     continue
-                name = self.table.canonical(last.lemma)
+                name = self._canon(last.lemma)
                 if name is None and last.text != last.lemma:
-                    name = self.table.canonical(last.text)
+                    name = self._canon(last.text)
             else:
-                name = self.table.canonical(compound)
+                name = self._canon(compound)
             followed_by_of = end < n and toks[end].text == "of"
             if name is None or (followed_by_of and compound is None and
                                 (last.text in QUANTITY_NOUNS or last.lemma in QUANTITY_NOUNS)):

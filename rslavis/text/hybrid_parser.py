@@ -22,14 +22,16 @@ parsed by the rules (one warning). spaCy is loaded when the parser is built, nev
 
 import logging
 import time
+from itertools import compress
 
 from rslavis.common.registry import registry
 from rslavis.text.base_parser import NOUN_POS, Tok, combine_mentions
 from rslavis.text.lexicon import features_of, oov_features
-from rslavis.text.rules_parser import RulesCaptionParser, caption_words, noun_lemma
+from rslavis.text.rules_parser import AMB_EPS, RulesCaptionParser, caption_words, noun_lemma
 
 logger = logging.getLogger(__name__)
 _warned = set()
+_MISSING = object()
 
 
 @registry.register_parser("hybrid")
@@ -54,6 +56,7 @@ class HybridCaptionParser(RulesCaptionParser):
         self.stats = {"parsed": 0, "fallback": 0, "fallback_s": 0.0}
         self._margin = {}
         self._diff = {}
+        self._second = {}
         if spacy is not False:
             self.fallback = self._load_fallback(dict(spacy or {}), kwargs)
             if self.fallback is not None:
@@ -75,11 +78,14 @@ class HybridCaptionParser(RulesCaptionParser):
 
     def _parse_new(self, todo, cache):
         unsure = []
+        gate = self._unsure_words if self.fallback is not None else None
+        parse = self._parse_segments
         for k in todo:
-            if self.fallback is not None and self.unsure(k):
+            ws = caption_words(k)  # one split for the gate and the rules
+            if gate is not None and gate(ws):
                 unsure.append(k)
             else:
-                cache[k] = self._parse_segments(k)
+                cache[k] = parse(k, ws)
         if unsure:
             t0 = time.perf_counter()
             for k, found in zip(unsure, self.fallback.parse_batch(unsure)):
@@ -91,24 +97,34 @@ class HybridCaptionParser(RulesCaptionParser):
     # ------------------------------------------------------------------ the gate
     def unsure(self, caption):
         """Whether ``caption`` goes to spaCy (see module docstring)."""
-        ws = caption_words(caption)
+        return self._unsure_words(caption_words(caption))
+
+    def _unsure_words(self, ws):
+        """:meth:`unsure` of the caption split into ``ws`` (left unchanged)."""
         tg = self.tagger
-        words, weights, margins = tg.words, tg.weights, self._margin
+        words = tg.words
         amb_cut, oov_cut = self.ambiguous_margin, self.oov_margin
+        # only ambiguous words and words the lexicon never saw can be unsure: find them with set
+        # operations (C loops) and visit only their positions
+        present = set(ws)
+        look = tg.weights.keys() & present if amb_cut else set()
+        if oov_cut:
+            look |= present.difference(words)
+        if not look:
+            return False
         n = len(ws)
         doubts = None
-        for i in range(n):
+        seconds = self._second
+        for i in compress(range(n), map(look.__contains__, ws)):
             w = ws[i]
             if w in words:
-                if w not in weights or not amb_cut:
-                    continue
                 key = (ws[i - 1] if i else "<s>", w, ws[i + 1] if i + 1 < n else "</s>")
-                hit = margins.get(key)
-                if hit is None:
-                    hit = self._ambiguous_margin(*key)
-                if hit[0] < amb_cut:
+                second = seconds.get(key, _MISSING)
+                if second is _MISSING:
+                    second = self._second_tag(key)
+                if second is not None:
                     doubts = doubts or []
-                    doubts.append((i, (hit[1],)))
+                    doubts.append((i, (second,)))
             elif oov_cut and self._oov_margin(ws, i) < oov_cut:
                 doubts = doubts or []
                 alts = [("NOUN", w, False, False), ("ADJ", w, False, False), ("VERB", w, False, False)]
@@ -125,6 +141,53 @@ class HybridCaptionParser(RulesCaptionParser):
                 if combine_mentions(self.mentions_from_tokens(self._retag(ws, toks, i, alt))) != base:
                     return True
         return False
+
+    def _second_tag(self, key):
+        """The ambiguous word's second tag when its two best tags are less than ``ambiguous_margin``
+        apart between its neighbours ``key`` = (previous, word, next), else None (cached per key).
+
+        The classifier's scores come from :meth:`LexiconTagger.fast_scores`; only when a decision is
+        within rounding of a tie or of the threshold does :meth:`_ambiguous_margin` redo the exact
+        sums. The tag the tagger would give here is handed to its context cache on the way."""
+        p, w, nx = key
+        tg = self.tagger
+        cut = self.ambiguous_margin
+        pp, np_ = self._pos(p) or "S", self._pos(nx) or "E"
+        scores = tg.fast_scores(w, p, nx, pp, np_, p == "<s>")
+        cands = tg.ambiguous[w]
+        second = _MISSING
+        if scores is None:
+            pass
+        elif len(scores) == 1:  # two tags: the first's score minus the second's
+            d = scores[0]
+            margin = abs(d)
+            if margin > AMB_EPS and abs(margin - cut) > AMB_EPS:
+                second = (cands[1] if d > 0 else cands[0]) if margin < cut else None
+                self._share(key, cands[0] if d > 0 else cands[1])
+        else:
+            order = sorted(range(len(scores)), key=lambda c: -scores[c])
+            top, nxt = scores[order[0]], scores[order[1]]
+            margin = top - nxt
+            third = scores[order[2]] if len(order) > 2 else float("-inf")
+            if margin > AMB_EPS and nxt - third > AMB_EPS and abs(margin - cut) > AMB_EPS:
+                second = cands[order[1]] if margin < cut else None
+                self._share(key, cands[order[0]])
+        if second is _MISSING:  # near a tie or the threshold: the exact sums decide
+            hit = self._ambiguous_margin(p, w, nx)
+            second = hit[1] if hit[0] < cut else None
+        if len(self._second) > 200000:
+            self._second.clear()
+        self._second[key] = second
+        return second
+
+    def _share(self, key, tag):
+        """Give the tagger's context cache the tag of an ambiguous word between ``key``'s neighbours:
+        its classifier reads the same features there (the tagger's ``_decide``), so it need not score them again."""
+        ctx = self.tagger._ctx
+        if key not in ctx:
+            if len(ctx) > 200000:
+                ctx.clear()
+            ctx[key] = tag
 
     def _retag(self, ws, toks, i, tag):
         """``toks`` with word ``i`` tagged ``tag`` (its and its left neighbour's modifier flags redone)."""

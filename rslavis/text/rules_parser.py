@@ -14,6 +14,7 @@ fallback, is :mod:`rslavis.text.closed_tagger`.
 """
 
 import re
+from itertools import compress, repeat
 
 from rslavis.common.registry import registry
 from rslavis.text.base_parser import (DEFINITE_WORDS, NOUN_POS, NUMBER_WORDS, ONE_WORDS, TWO_WORDS,
@@ -25,6 +26,7 @@ from rslavis.text.lexicon import features_of, oov_features
 # other character alone ("eye-catching" is three tokens, "malls,wide" three)
 PARSE_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[a-z_]+(?=n't)|n't|'s(?![a-z])|[a-z_]+|\S")
 _NOT_PLAIN = re.compile(r"[^a-z_ .,]")
+_MISSING = object()
 
 
 def caption_words(caption):
@@ -88,6 +90,7 @@ class LexiconTagger:
         self.left_pos = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[1]) for k, t in lex["left_pos"].items()}
         self.right_pos = {tuple(k.split(" ")): _tag_tuple(t, k.split(" ")[0]) for k, t in lex["right_pos"].items()}
         self.mod = {tuple(k.split(" ")): bool(v) for k, v in lex["mod"].items()}
+        self._mod_first = frozenset(k[0] for k in self.mod)  # words with a learnt modifier flag before some word
         self.no_mod_next = frozenset(lex.get("no_mod_next", ()))
         self.suffix = dict(lex["suffix"])
         self.oov_context = {tuple(k.split(" ")): v for k, v in lex.get("oov_context", {}).items()}
@@ -120,6 +123,7 @@ class LexiconTagger:
         self.blind_left = frozenset(set(self.words) - self.looks_left)
         self._ctx = {}
         self._semi = {}
+        self._fast = {}
 
     def is_boundary_tag(self, w, tag, nxt):
         """Whether ``w`` tagged ``tag`` (before ``nxt``) cuts the caption (see :func:`~rslavis.text.lexicon.hard_words`)."""
@@ -189,42 +193,47 @@ class LexiconTagger:
         cached per such triple."""
         n = len(ws)
         words, special, ctx = self.words, self.special, self._ctx
-        oov = self.oov_weights or self.oov_context
-        tags = []
-        upos = None
-        for i in range(n):
-            w = ws[i]
-            t = words.get(w)
-            if t is not None and w not in special:
-                tags.append(t)
-                continue
-            if t is None and not (oov and w not in self.known and w.isalpha() and len(w) > 3):
-                tags.append(self.guess(w))
-                continue
-            key = (ws[i - 1] if i else ("<s>" if first else "<b>"), w, ws[i + 1] if i + 1 < n else nxt)
-            hit = ctx.get(key)
-            if hit is None:
-                if upos is None:
-                    upos = [(words.get(x) or self.guess(x))[0] for x in ws]
-                if t is None:
-                    hit = self.guess_in_context(w, ws, upos, i, nxt, first)
-                else:
-                    hit = self.tag_at(ws, upos, i, first, nxt, t)
-                if len(ctx) > 200000:
-                    ctx.clear()
-                ctx[key] = hit
-            tags.append(hit)
+        tags = list(map(words.get, ws))
+        if None in tags or not special.isdisjoint(ws):  # some word is tagged in context
+            oov = self.oov_weights or self.oov_context
+            upos = None
+            for i in range(n):
+                w = ws[i]
+                t = tags[i]
+                if t is not None and w not in special:
+                    continue
+                if t is None and not (oov and w not in self.known and w.isalpha() and len(w) > 3):
+                    tags[i] = self.guess(w)
+                    continue
+                key = (ws[i - 1] if i else ("<s>" if first else "<b>"), w, ws[i + 1] if i + 1 < n else nxt)
+                hit = ctx.get(key)
+                if hit is None:
+                    if upos is None:
+                        upos = [(words.get(x) or self.guess(x))[0] for x in ws]
+                    if t is None:
+                        hit = self.guess_in_context(w, ws, upos, i, nxt, first)
+                    else:
+                        hit = self.tag_at(ws, upos, i, first, nxt, t)
+                    if len(ctx) > 200000:
+                        ctx.clear()
+                    ctx[key] = hit
+                tags[i] = hit
         if first_tag is not None:
             tags[0] = first_tag
         toks = []
-        mod, no_mod_next, new = self.mod, self.no_mod_next, tuple.__new__
-        for i in range(n):
-            pos, lem, pl, part = tags[i]
-            nx = ws[i + 1] if i + 1 < n else nxt
-            m = mod.get((ws[i], nx))
-            if m is None:
-                m = (i + 1 < n and pos in NOUN_POS and tags[i + 1][0] in NOUN_POS and nx not in no_mod_next)
-            toks.append(new(Tok, (ws[i], lem, pos, pl, m, part)))
+        append = toks.append
+        mod, mod_first, no_mod_next, new = self.mod, self._mod_first, self.no_mod_next, tuple.__new__
+        last = n - 1
+        for i, (pos, lem, pl, part) in enumerate(tags):
+            w = ws[i]
+            if i < last:
+                nx = ws[i + 1]
+                m = mod.get((w, nx)) if w in mod_first else None
+                if m is None:
+                    m = pos in NOUN_POS and tags[i + 1][0] in NOUN_POS and nx not in no_mod_next
+            else:
+                m = mod.get((w, nxt), False) if w in mod_first else False
+            append(new(Tok, (w, lem, pos, pl, m, part)))
         return toks
 
     def tag_at(self, ws, upos, i, first, nxt, default):
@@ -253,12 +262,32 @@ class LexiconTagger:
         else:
             nx, np_ = "</s>", "E"
         p, pp = (ws[i - 1], upos[i - 1]) if i else ("<s>" if first else "<b>", "S")
-        wt = self.weights[ws[i]]
-        cands = self.ambiguous[ws[i]]
+        w = ws[i]
+        is_first = first and i == 0
+        scores = self.fast_scores(w, p, nx, pp, np_, is_first)
+        if scores is None:
+            pass
+        elif len(scores) == 1:  # two candidates: the first's score minus the second's
+            d = scores[0]
+            if d > AMB_EPS:
+                return self.ambiguous[w][0]
+            if d < -AMB_EPS:
+                return self.ambiguous[w][1]
+        else:
+            best = max(scores)
+            if sum(1 for s in scores if s > best - AMB_EPS) == 1:
+                return self.ambiguous[w][scores.index(best)]
+        return self.decide_exact(w, p, nx, pp, np_, is_first)  # a near tie: the classifier's exact sums decide
+
+    def decide_exact(self, w, p, nx, pp, np_, is_first):
+        """The classifier's tag of the ambiguous word ``w`` in a context: per candidate, its own and the
+        shared weights of the context's features (``features_of``) added in feature order; ties: the first."""
+        wt = self.weights[w]
+        cands = self.ambiguous[w]
         scores = [0.0] * len(cands)
         shared = self.shared
-        pos = self.cand_pos[ws[i]]
-        for f in features_of(p, nx, pp, np_, first and i == 0):
+        pos = self.cand_pos[w]
+        for f in features_of(p, nx, pp, np_, is_first):
             for c, v in wt.get(f, ()):
                 scores[c] += v
             sf = shared.get(f)
@@ -267,6 +296,89 @@ class LexiconTagger:
                     scores[c] += sf.get(ps, 0.0)
         best = max(scores)
         return cands[scores.index(best)]  # ties: the first (most frequent) tag
+
+    def fast_scores(self, w, p, nx, pp, np_, is_first):
+        """The classifier's scores of the ambiguous word ``w`` (as :meth:`decide_exact`), summed in
+        another order from per-template tables, without building feature strings: ``[first minus
+        second]`` for a two-tag word, else one score per candidate. Sums in another order round
+        differently (by far less than :data:`AMB_EPS`): callers decide on them only when no two
+        values are within :data:`AMB_EPS` and use the exact sums otherwise."""
+        tables = self._fast.get(w)
+        if tables is None:
+            tables = self._fast_tables(w)
+        if not tables:  # a feature of another kind: no tables (the exact sums decide)
+            return None
+        k, bias_first, bias_rest, tp, tn, tpp, tnp, tppnp, tns, tpn = tables
+        if k == 1:  # two candidates: one number per feature
+            d = bias_first if is_first else bias_rest
+            for table, key in ((tp, p), (tn, nx), (tpp, pp), (tnp, np_), (tppnp, pp + np_), (tns, nx[-2:]),
+                               (tpn, p + " " + nx)):
+                v = table.get(key)
+                if v is not None:
+                    d += v
+            return [d]
+        scores = list(bias_first if is_first else bias_rest)
+        for table, key in ((tp, p), (tn, nx), (tpp, pp), (tnp, np_), (tppnp, pp + np_), (tns, nx[-2:]),
+                           (tpn, p + " " + nx)):
+            v = table.get(key)
+            if v is not None:
+                for c in range(k):
+                    scores[c] += v[c]
+        return scores
+
+    def _fast_tables(self, w):
+        """The per-template tables of :meth:`fast_scores` for ``w``: the shared weights of its
+        candidates' parts of speech (built once per such tuple) plus its own; built on first use."""
+        pos = tuple(self.cand_pos[w])
+        k = len(pos)
+        shared = self._fast.get(pos)
+        if shared is None:
+            shared = {}  # template -> value -> per-candidate weights
+            for f, sf in self.shared.items():
+                vec = [sf.get(ps, 0.0) for ps in pos]
+                if any(vec):
+                    shared.setdefault(_template(f), {})[_value(f)] = vec
+            self._fast[pos] = shared
+        per = {t: dict(vals) for t, vals in shared.items()}  # copies: the own weights are added below
+        for f, cs in self.weights[w].items():
+            vals = per.setdefault(_template(f), {})
+            vec = list(vals.get(_value(f)) or [0.0] * k)
+            for c, v in cs:
+                vec[c] += v
+            vals[_value(f)] = vec
+        if not per.keys() <= _TEMPLATES:  # a feature of another kind: the exact sums decide
+            self._fast[w] = ()
+            return ()
+        two = k == 2
+
+        def pack(vec):
+            return vec[0] - vec[1] if two else tuple(vec)
+
+        zero = [0.0] * k
+        base = per.get("b", {}).get("", zero)
+        first = [a + b for a, b in zip(base, per.get("first", {}).get("", zero))]
+        rest = [a + b for a, b in zip(base, per.get("notfirst", {}).get("", zero))]
+        tables = (1 if two else k, pack(first), pack(rest),
+                  *({v: pack(vec) for v, vec in per.get(t, {}).items()} for t in ("p", "n", "pp", "np", "ppnp", "ns", "pn")))
+        self._fast[w] = tables
+        return tables
+
+
+# scores of the ambiguous-word classifier closer than this are decided by the exact sums (the
+# per-template sums of LexiconTagger.fast_scores differ from them by rounding only: < 1e-10 here)
+AMB_EPS = 1e-6
+
+
+_TEMPLATES = frozenset(("b", "first", "notfirst", "p", "n", "pp", "np", "ppnp", "ns", "pn"))
+
+
+def _template(f):
+    """The template of a feature of ``features_of`` ("p" of "p=road"; "b", "first", "notfirst" stand alone)."""
+    return f if f in ("b", "first", "notfirst") else f.split("=", 1)[0]
+
+
+def _value(f):
+    return "" if f in ("b", "first", "notfirst") else f.split("=", 1)[1]
 
 
 @registry.register_parser("rules")
@@ -301,35 +413,48 @@ class RulesCaptionParser(BaseCaptionParser):
 
     def parse_batch(self, captions):
         cache = self._cache
-        keys = [c if isinstance(c, str) else ("" if c is None else str(c)) for c in captions]
+        captions = captions if isinstance(captions, list) else list(captions)
+        if all(map(isinstance, captions, repeat(str))):
+            keys = captions
+        else:
+            keys = [c if isinstance(c, str) else ("" if c is None else str(c)) for c in captions]
         todo = [k for k in dict.fromkeys(keys) if k not in cache]
         if todo:
             if len(cache) + len(todo) > self.cache_size:
                 cache.clear()
+                todo = list(dict.fromkeys(keys))  # the cached ones of this call are gone too
             self._parse_new(todo, cache)
-        return [dict(cache[k]) for k in keys]
+        return list(map(dict, map(cache.__getitem__, keys)))  # copies: callers may change them
 
     def _parse_new(self, todo, cache):
         """Parse the distinct captions ``todo`` that are not cached yet into ``cache``."""
         for k in todo:
             cache[k] = self._parse_segments(k)
 
-    def _parse_segments(self, caption):
-        ws = caption_words(caption)
+    def _parse_segments(self, caption, ws=None):
+        """``{object: count}`` of ``caption`` (split into ``ws`` when given; ``ws`` is then extended)."""
+        if ws is None:
+            ws = caption_words(caption)
         n = len(ws)
         if not n:
             return {}
         tagger = self.tagger
         cut_words = tagger.cut_words
-        cuts = [i for i in range(1, n) if ws[i] in cut_words]
+        cuts = list(compress(range(n), map(cut_words.__contains__, ws)))  # C loops
+        if cuts and not cuts[0]:
+            del cuts[0]  # a segment starts at 0 anyway
         ws.append("</s>")  # ws[n]: what follows the last segment (slices stop at n)
         forced = {}
         semi = tagger.semi_hard
         if cuts and not semi.isdisjoint(ws):  # a boundary only where the context tags it as one
             kept = []
+            known = tagger._semi
             for i in cuts:
                 if ws[i] in semi:
-                    t = tagger.semi_boundary(ws[i - 1], ws[i], ws[i + 1])
+                    key = (ws[i - 1], ws[i], ws[i + 1])
+                    t = known.get(key, _MISSING)
+                    if t is _MISSING:
+                        t = tagger.semi_boundary(*key)
                     if t is None:
                         continue
                     forced[i] = t

@@ -202,6 +202,14 @@ class SynonymTable:
         self._known_by_len = {}
         for k in self._known:
             self._known_by_len.setdefault(len(k), []).append(k)
+        # every known name with two adjacent letters swapped -> the first such name of its length
+        # (what fuzzy's one-swap repair finds by comparing the word with each name of its length)
+        self._swaps = {}
+        for names in self._known_by_len.values():
+            for k in names:
+                for j in range(len(k) - 1):
+                    if k[j] != k[j + 1]:
+                        self._swaps.setdefault(k[:j] + k[j + 1] + k[j] + k[j + 2:], k)
         self._fuzzy_cache = {}
         self._letter_counts = None  # built on the first typo repair (see _quick_candidates)
         self._same_cache = {}
@@ -221,10 +229,7 @@ class SynonymTable:
             if len(word) >= 5:
                 found = self._close_match(word)
             if found is None:
-                for k in self._known_by_len.get(len(word), ()):
-                    if _one_swap(word, k):
-                        found = k
-                        break
+                found = self._swaps.get(word)  # the first name of its length that _one_swap(word, name)
         if len(self._fuzzy_cache) > 200000:
             self._fuzzy_cache.clear()
         self._fuzzy_cache[word] = found
@@ -319,6 +324,17 @@ class SynonymTable:
                 self._same_cache.clear()
             hit = self._same_cache[key] = self._same_uncached(a, b)
         return hit
+
+    def first_same(self, a, names):
+        """The first of ``names`` that :meth:`same_object` matches with ``a`` (its cache read inline), or None."""
+        cache = self._same_cache
+        for b in names:
+            hit = cache.get((a, b))
+            if hit is None:
+                hit = self.same_object(a, b)
+            if hit:
+                return b
+        return None
 
     def _same_uncached(self, a, b):
         if " " in a and a.rsplit(" ", 1)[1] == b or " " in b and b.rsplit(" ", 1)[1] == a:

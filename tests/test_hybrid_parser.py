@@ -128,3 +128,30 @@ def test_default_without_spacy_warns_once_and_parses_like_rules(monkeypatch, cap
     caps = SURE + [UNSURE, "two cars on a road"]
     assert p.parse_batch(caps) == rules.parse_batch(caps)
     assert scores.tolist() == CountReward(parser="rules")(gen, refs).tolist()
+
+
+def test_gate_fast_margins_give_the_exact_decisions(shared_data):
+    # the gate decides from LexiconTagger.fast_scores (exact sums only near a tie or the threshold):
+    # per context, the same second tag as the exact _ambiguous_margin, at several thresholds, and
+    # the tags it hands to the tagger's context cache are the tagger's own
+    from rslavis.text.rules_parser import caption_words
+
+    rows = split_captions(shared_data, None)[::9]
+    keys = set()
+    for _, _, c in rows:
+        ws = caption_words(c)
+        keys |= {(ws[i - 1] if i else "<s>", w, ws[i + 1] if i + 1 < len(ws) else "</s>")
+                 for i, w in enumerate(ws) if w in _gate().tagger.weights}
+    assert len(keys) > 2000
+    for cut in (0.5, 1.0, 3.0):
+        g = _gate(ambiguous_margin=cut)
+        for key in sorted(keys):
+            margin, second = g._ambiguous_margin(*key)
+            assert g._second_tag(key) == (second if margin < cut else None), (cut, key, margin)
+        tg = g.tagger
+        shared = dict(tg._ctx)
+        assert len(shared) > 1000
+        for (p, w, nx), tag in shared.items():
+            pp = "S" if p == "<s>" else (tg.words.get(p) or tg.guess(p))[0]
+            np_ = "E" if nx == "</s>" else (tg.words.get(nx) or tg.guess(nx))[0]
+            assert tag == tg.decide_exact(w, p, nx, pp, np_, p == "<s>"), (p, w, nx)

@@ -199,3 +199,42 @@ def test_a_full_cache_is_refilled_with_the_whole_call():
     r = CountReward(parser="rules", cache_size=1)
     r.reference_counts([["a car"]])
     assert r.reference_counts([["a car"], ["two planes"]]) == [{"car": 1}, {"plane": 2}]
+
+
+def _contexts(tagger, shared_data, step=7):
+    """(word, prev, next, prev pos, next pos, first) of every ambiguous word in a sample of captions
+    (whole-caption context, as the tagger and the hybrid gate read it), plus segment starts ("<b>")."""
+    from rslavis.text.rules_parser import caption_words
+
+    pos = lambda x: (tagger.words.get(x) or tagger.guess(x))[0]
+    out = set()
+    for _, _, c in split_captions(shared_data, None)[::step]:
+        ws = caption_words(c)
+        for i, w in enumerate(ws):
+            if w in tagger.weights:
+                p = ws[i - 1] if i else "<s>"
+                nx = ws[i + 1] if i + 1 < len(ws) else "</s>"
+                out.add((w, p, nx, pos(p) if i else "S", pos(nx) if i + 1 < len(ws) else "E", not i))
+                out.add((w, "<b>", nx, "S", pos(nx) if i + 1 < len(ws) else "E", False))
+    return sorted(out)
+
+
+def test_fast_ambiguous_scores_decide_as_the_exact_sums(rules, shared_data):
+    # LexiconTagger.fast_scores sums the classifier's weights from per-template tables (another
+    # order than the feature strings' exact sums): away from ties it must give the same tag,
+    # and _decide (fast, exact near ties) must equal decide_exact everywhere
+    tg = rules.tagger
+    ctx = _contexts(tg, shared_data)
+    assert len(ctx) > 2000
+    for w, p, nx, pp, np_, first in ctx:
+        exact = tg.decide_exact(w, p, nx, pp, np_, first)
+        scores = tg.fast_scores(w, p, nx, pp, np_, first)
+        cands = tg.ambiguous[w]
+        fast = (cands[0] if scores[0] >= 0 else cands[1]) if len(scores) == 1 else cands[scores.index(max(scores))]
+        assert fast == exact, (w, p, nx, scores)
+        i = 0 if p in ("<s>", "<b>") else 1
+        ws = [w, nx] if i == 0 else [p, w, nx]
+        if nx == "</s>":
+            ws = ws[:-1]
+        upos = [pp if j < i else np_ if j > i else "X" for j in range(len(ws))]
+        assert tg._decide(ws, upos, i, p == "<s>", "</s>") == exact

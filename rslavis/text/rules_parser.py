@@ -308,23 +308,14 @@ class LexiconTagger:
             tables = self._fast_tables(w)
         if not tables:  # a feature of another kind: no tables (the exact sums decide)
             return None
-        k, bias_first, bias_rest, tp, tn, tpp, tnp, tppnp, tns, tpn = tables
-        if k == 1:  # two candidates: one number per feature
-            d = bias_first if is_first else bias_rest
-            for table, key in ((tp, p), (tn, nx), (tpp, pp), (tnp, np_), (tppnp, pp + np_), (tns, nx[-2:]),
-                               (tpn, p + " " + nx)):
-                v = table.get(key)
-                if v is not None:
-                    d += v
-            return [d]
-        scores = list(bias_first if is_first else bias_rest)
-        for table, key in ((tp, p), (tn, nx), (tpp, pp), (tnp, np_), (tppnp, pp + np_), (tns, nx[-2:]),
-                           (tpn, p + " " + nx)):
-            v = table.get(key)
-            if v is not None:
-                for c in range(k):
-                    scores[c] += v[c]
-        return scores
+        k, bias_first, bias_rest, tp, tn, tpp, tnp, tppnp, tns, tpn, zero = tables
+        if k == 1:  # two candidates: one number per feature (0.0 for a feature without weights)
+            return [(bias_first if is_first else bias_rest) + tp.get(p, 0.0) + tn.get(nx, 0.0) + tpp.get(pp, 0.0)
+                    + tnp.get(np_, 0.0) + tppnp.get(pp + np_, 0.0) + tns.get(nx[-2:], 0.0)
+                    + tpn.get(p + " " + nx, 0.0)]
+        return list(map(sum, zip(bias_first if is_first else bias_rest, tp.get(p, zero), tn.get(nx, zero),
+                                 tpp.get(pp, zero), tnp.get(np_, zero), tppnp.get(pp + np_, zero),
+                                 tns.get(nx[-2:], zero), tpn.get(p + " " + nx, zero))))
 
     def _fast_tables(self, w):
         """The per-template tables of :meth:`fast_scores` for ``w``: the shared weights of its
@@ -359,7 +350,8 @@ class LexiconTagger:
         first = [a + b for a, b in zip(base, per.get("first", {}).get("", zero))]
         rest = [a + b for a, b in zip(base, per.get("notfirst", {}).get("", zero))]
         tables = (1 if two else k, pack(first), pack(rest),
-                  *({v: pack(vec) for v, vec in per.get(t, {}).items()} for t in ("p", "n", "pp", "np", "ppnp", "ns", "pn")))
+                  *({v: pack(vec) for v, vec in per.get(t, {}).items()} for t in ("p", "n", "pp", "np", "ppnp", "ns", "pn")),
+                  (0.0,) * k)  # the vector of a feature without weights
         self._fast[w] = tables
         return tables
 

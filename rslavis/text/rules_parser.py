@@ -308,50 +308,66 @@ class LexiconTagger:
             tables = self._fast_tables(w)
         if not tables:  # a feature of another kind: no tables (the exact sums decide)
             return None
-        k, bias_first, bias_rest, tp, tn, tpp, tnp, tppnp, tns, tpn, zero = tables
-        if k == 1:  # two candidates: one number per feature (0.0 for a feature without weights)
-            return [(bias_first if is_first else bias_rest) + tp.get(p, 0.0) + tn.get(nx, 0.0) + tpp.get(pp, 0.0)
-                    + tnp.get(np_, 0.0) + tppnp.get(pp + np_, 0.0) + tns.get(nx[-2:], 0.0)
-                    + tpn.get(p + " " + nx, 0.0)]
-        return list(map(sum, zip(bias_first if is_first else bias_rest, tp.get(p, zero), tn.get(nx, zero),
-                                 tpp.get(pp, zero), tnp.get(np_, zero), tppnp.get(pp + np_, zero),
-                                 tns.get(nx[-2:], zero), tpn.get(p + " " + nx, zero))))
+        k, bias_first, bias_rest, own, shared, zero = tables
+        tp, tn, tpp, tnp, tppnp, tns, tpn = own
+        ppnp, ns, pn = pp + np_, nx[-2:], p + " " + nx
+        if k == 1:  # two candidates: the first's score minus the second's (0.0 for a feature without weights)
+            (ap, an, app, anp, appnp, ans, apn), (bp, bn, bpp, bnp, bppnp, bns, bpn) = shared
+            return [(bias_first if is_first else bias_rest)
+                    + tp.get(p, 0.0) + tn.get(nx, 0.0) + tpp.get(pp, 0.0) + tnp.get(np_, 0.0) + tppnp.get(ppnp, 0.0)
+                    + tns.get(ns, 0.0) + tpn.get(pn, 0.0)
+                    + ap.get(p, 0.0) + an.get(nx, 0.0) + app.get(pp, 0.0) + anp.get(np_, 0.0) + appnp.get(ppnp, 0.0)
+                    + ans.get(ns, 0.0) + apn.get(pn, 0.0)
+                    - bp.get(p, 0.0) - bn.get(nx, 0.0) - bpp.get(pp, 0.0) - bnp.get(np_, 0.0) - bppnp.get(ppnp, 0.0)
+                    - bns.get(ns, 0.0) - bpn.get(pn, 0.0)]
+        scores = list(map(sum, zip(bias_first if is_first else bias_rest, tp.get(p, zero), tn.get(nx, zero),
+                                   tpp.get(pp, zero), tnp.get(np_, zero), tppnp.get(ppnp, zero),
+                                   tns.get(ns, zero), tpn.get(pn, zero))))
+        for c, (sp, sn, spp, snp, sppnp, sns, spn) in enumerate(shared):
+            scores[c] += (sp.get(p, 0.0) + sn.get(nx, 0.0) + spp.get(pp, 0.0) + snp.get(np_, 0.0)
+                          + sppnp.get(ppnp, 0.0) + sns.get(ns, 0.0) + spn.get(pn, 0.0))
+        return scores
 
     def _fast_tables(self, w):
-        """The per-template tables of :meth:`fast_scores` for ``w``: the shared weights of its
-        candidates' parts of speech (built once per such tuple) plus its own; built on first use."""
-        pos = tuple(self.cand_pos[w])
-        k = len(pos)
-        shared = self._fast.get(pos)
-        if shared is None:
-            shared = {}  # template -> value -> per-candidate weights
+        """The tables of :meth:`fast_scores` for ``w`` (built on first use): per template ("p", "n",
+        ... of ``features_of``), its own weights by feature value, and the shared weights of each
+        candidate's part of speech (built once for all words)."""
+        by_pos = self._fast.get("<shared>")
+        if by_pos is None:
+            by_pos = {}  # part of speech -> template -> value -> shared weight
+            ok = True
             for f, sf in self.shared.items():
-                vec = [sf.get(ps, 0.0) for ps in pos]
-                if any(vec):
-                    shared.setdefault(_template(f), {})[_value(f)] = vec
-            self._fast[pos] = shared
-        per = {t: dict(vals) for t, vals in shared.items()}  # copies: the own weights are added below
+                t = _template(f)
+                ok = ok and t in _TEMPLATES
+                for ps, v in sf.items():
+                    if v:
+                        by_pos.setdefault(ps, {}).setdefault(t, {})[_value(f)] = v
+            self._fast["<shared>"] = by_pos = by_pos if ok else ()
+        pos = self.cand_pos[w]
+        k = len(pos)
+        own = {}  # template -> value -> per-candidate weights
         for f, cs in self.weights[w].items():
-            vals = per.setdefault(_template(f), {})
-            vec = list(vals.get(_value(f)) or [0.0] * k)
+            vec = own.setdefault(_template(f), {}).setdefault(_value(f), [0.0] * k)
             for c, v in cs:
                 vec[c] += v
-            vals[_value(f)] = vec
-        if not per.keys() <= _TEMPLATES:  # a feature of another kind: the exact sums decide
+        if not by_pos and self.shared or not own.keys() <= _TEMPLATES:  # a feature of another kind
             self._fast[w] = ()
             return ()
         two = k == 2
+        empty = {}
 
-        def pack(vec):
+        def bias(first):
+            tag = "first" if first else "notfirst"
+            vec = [own.get("b", empty).get("", (0.0,) * k)[c] + own.get(tag, empty).get("", (0.0,) * k)[c]
+                   + by_pos.get(ps, empty).get("b", empty).get("", 0.0) + by_pos.get(ps, empty).get(tag, empty).get("", 0.0)
+                   for c, ps in enumerate(pos)]
             return vec[0] - vec[1] if two else tuple(vec)
 
-        zero = [0.0] * k
-        base = per.get("b", {}).get("", zero)
-        first = [a + b for a, b in zip(base, per.get("first", {}).get("", zero))]
-        rest = [a + b for a, b in zip(base, per.get("notfirst", {}).get("", zero))]
-        tables = (1 if two else k, pack(first), pack(rest),
-                  *({v: pack(vec) for v, vec in per.get(t, {}).items()} for t in ("p", "n", "pp", "np", "ppnp", "ns", "pn")),
-                  (0.0,) * k)  # the vector of a feature without weights
+        templates = ("p", "n", "pp", "np", "ppnp", "ns", "pn")
+        own_tables = tuple({v: (vec[0] - vec[1] if two else tuple(vec)) for v, vec in own.get(t, empty).items()}
+                           for t in templates)
+        shared = tuple(tuple(by_pos.get(ps, empty).get(t, empty) for t in templates) for ps in pos)
+        tables = (1 if two else k, bias(True), bias(False), own_tables, shared, (0.0,) * k)
         self._fast[w] = tables
         return tables
 

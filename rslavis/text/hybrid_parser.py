@@ -249,10 +249,13 @@ class HybridCaptionParser(RulesCaptionParser):
         cands = tg.ambiguous[w]
         feats = features_of(p, nx, pp or "S", np_ or "E", p == "<s>")
         if len(cands) == 2:  # most ambiguous words: one score difference per feature
-            wd, sd = self._differences(w)
+            wd = self._differences(w)
+            a, b = tg.cand_pos[w]
+            shared = tg.shared
             d = 0.0
             for f in feats:
-                d += wd.get(f, 0.0) + sd.get(f, 0.0)
+                sf = shared.get(f)  # the shared weights' difference, read for the 9 features only
+                d += wd.get(f, 0.0) + (sf.get(a, 0.0) - sf.get(b, 0.0) if sf else 0.0)
             hit = (d, cands[1]) if d >= 0 else (-d, cands[0])  # ties: the first tag, as the tagger
         else:
             wt, pos = tg.weights[w], tg.cand_pos[w]
@@ -270,18 +273,11 @@ class HybridCaptionParser(RulesCaptionParser):
         return hit
 
     def _differences(self, w):
-        """Per feature, the first minus the second tag's weight of the two-tag word ``w``
-        (its own weights, and the shared ones of its two parts of speech)."""
+        """Per feature, the first minus the second tag's own weight of the two-tag word ``w``."""
         found = self._diff.get(w)
         if found is None:
-            tg = self.tagger
-            wd = {f: sum(v if c == 0 else -v for c, v in cs) for f, cs in tg.weights[w].items()}
-            pair = tuple(tg.cand_pos[w])
-            sd = self._diff.get(pair)
-            if sd is None:
-                sd = {f: sf.get(pair[0], 0.0) - sf.get(pair[1], 0.0) for f, sf in tg.shared.items()}
-                self._diff[pair] = sd
-            found = self._diff[w] = (wd, sd)
+            found = self._diff[w] = {f: sum(v if c == 0 else -v for c, v in cs)
+                                     for f, cs in self.tagger.weights[w].items()}
         return found
 
     def _remember(self, key, value):

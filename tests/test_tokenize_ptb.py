@@ -105,10 +105,10 @@ def test_batched_path_keeps_caption_boundaries():
     assert ptb_tokenize_flat([])[0] == []
 
 
-def _spans_as_tokens(caps):
+def _spans_as_tokens(caps, spans_of=None):
     from rslavis.text.tokenize import ptb_token_spans
 
-    buf, starts, ends, counts, fixes = ptb_token_spans(caps)
+    buf, starts, ends, counts, fixes = (spans_of or ptb_token_spans)(caps)
     spans = iter(zip(starts.tolist(), ends.tolist()))
     out = []
     for k in range(len(caps)):
@@ -134,11 +134,4 @@ def test_whitespace_spans_equal_str_split():
     caps = ["a b  c", "", None, " x\ty\r\x0bz\x1f ", "caf\u00e9 w", "two\nlines here", "nul\x00x y", 3, "end ",
             "-lrb- a 's . ,", "\x0c"] + synthetic_captions(50)
     for batch in (caps, [], ["only"], ["a\nb"], [""]):
-        buf, starts, ends, counts, fixes = whitespace_token_spans(batch)
-        spans = iter(zip(starts.tolist(), ends.tolist()))
-        got = []
-        for k in range(len(batch)):
-            assert k not in fixes or counts[k] == 0
-            got.append(fixes[k] if k in fixes else [buf[a:b].decode() for a, b in (next(spans) for _ in range(counts[k]))])
-        assert next(spans, None) is None
-        assert got == [("" if c is None else str(c)).split() for c in batch]
+        assert _spans_as_tokens(batch, whitespace_token_spans) == [("" if c is None else str(c)).split() for c in batch]

@@ -702,6 +702,48 @@ def analyse(plan, work, tiny=False):
     return "\n".join(lines), summary
 
 
+def pilot_summary(plan, work):
+    """Validation CIDEr of a pilot's finished cells against knn_caption's: per arm and strength the seeds' values,
+    mean +- sd (sample sd, n - 1) and whether the mean, and every seed, is at or above the bar."""
+    expected = all_jobs(plan)
+    done = finished_jobs(plan, work)
+    missing = [j["name"] for j in expected if j["name"] not in done]
+    arms = sorted({(j["block"], j["rag"]) for j in expected if j["kind"] == "arm"}, key=ARMS.index)
+    lines, summary = [], {"missing_jobs": missing, "strengths": {}}
+    if missing:
+        lines.append(f"PARTIAL: {len(missing)} of {len(expected)} pilot jobs missing: {', '.join(missing)}")
+    n_cells = n_mean = n_every = 0
+    for p in plan["strengths"]:
+        bar = done.get(job_name("baselines", p), {}).get("knn_caption_val_CIDEr")
+        s = {"knn_caption_val_CIDEr": bar, "arms": {}}
+        lines.append("")
+        lines.append(f"p = {p}: bar = knn_caption's validation CIDEr " + (f"{bar:.3f}" if bar is not None else "(not measured yet)"))
+        lines.append(f"{'arm':26s} | {'n':>2s} | {'mean +- sd':>15s} | {'>= bar: mean / every seed':>25s} | per seed: val CIDEr (best epoch of epochs trained, CPU s)")
+        for b, r in arms:
+            res = [done[job_name("arm", p, b, r, sd)] for sd in plan["seeds"] if job_name("arm", p, b, r, sd) in done]
+            if not res:
+                continue
+            vals = [x["val_CIDEr"] for x in res]
+            mean = statistics.fmean(vals)
+            sd = statistics.stdev(vals) if len(vals) > 1 else math.nan
+            at_mean = bar is not None and mean >= bar
+            at_every = bar is not None and all(v >= bar for v in vals)
+            if bar is not None:
+                n_cells, n_mean, n_every = n_cells + 1, n_mean + at_mean, n_every + at_every
+            s["arms"][arm_name(b, r)] = {"n": len(vals), "mean": mean, "sd": sd, "at_bar_mean": at_mean, "at_bar_every_seed": at_every,
+                                        "per_seed": {x["seed"]: {"val_CIDEr": x["val_CIDEr"], "best_epoch": x["best_epoch"], "epochs_trained": x["epochs_trained"],
+                                                                 "cpu_seconds": x.get("cpu_seconds")} for x in res}}
+            yes = "-" if bar is None else f"{'yes' if at_mean else 'NO'} / {'yes' if at_every else 'NO'}"
+            seeds = ", ".join(f"s{x['seed']} {x['val_CIDEr']:.3f} ({x['best_epoch']} of {x['epochs_trained']}, {x.get('cpu_seconds')} s)" for x in res)
+            sd_txt = f" +- {sd:.3f}" if not math.isnan(sd) else ""
+            lines.append(f"{arm_name(b, r):26s} | {len(vals):2d} | {f'{mean:.3f}{sd_txt}':>15s} | {yes:>25s} | {seeds}")
+        summary["strengths"][str(p)] = s
+    lines.append("")
+    lines.append(f"cells at or above the bar: {n_mean} of {n_cells} in mean, {n_every} of {n_cells} in every seed")
+    summary.update({"cells": n_cells, "cells_at_bar_mean": n_mean, "cells_at_bar_every_seed": n_every})
+    return "\n".join(lines), summary
+
+
 def plot(summary, path):
     import matplotlib
 
@@ -744,7 +786,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="where the captioners train (cpu, cuda, cuda:1); baselines, datastore and dictionary stay on the CPU")
     p.add_argument("--plan", choices=sorted(PLANS), default="v3", help="analysis plan (docstring): v3 (default), v2 or v1, the first run's")
     p.add_argument("--pilot", default=None, metavar="JSON",
-                   help="recipe pilot on VALIDATION only (no test scoring): arms none and none + retrieval, seed 0, both strengths; JSON overrides of the plan, e.g. '{\"max_epoch\": 40}'")
+                   help="recipe pilot on VALIDATION only (no test scoring): arms none and none + retrieval, seed 0, both strengths; JSON overrides of the plan, "
+                        "e.g. '{\"max_epoch\": 40}' or '{\"pilot_arms\": [\"backdoor\"], \"seeds\": [1, 2]}'; prints each cell's validation CIDEr "
+                        "(mean +- sd over seeds) against knn_caption's (with --analyse-only: of the cells finished in --work)")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -773,7 +817,12 @@ def main(argv=None):
         codes = [pr.wait() for pr in procs]
         print(f"workers finished in {time.time() - t0:.0f} s with exit codes {codes}", flush=True)
     if plan.get("pilot"):
-        return 0
+        text, summary = pilot_summary(plan, args.work)
+        print(text)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(summary, indent=2, default=str))
+        return 1 if not args.analyse_only and any(codes) else 0
     text, summary = analyse(plan, args.work, args.tiny)
     print(text)
     if args.out:

@@ -214,3 +214,34 @@ def test_diagnosis_runs_and_its_pool_is_the_models_retrieval(tmp_path):
     probes = rep["trained arm none + retrieval"]["probes"]
     assert {"own retrieved captions", "another image's retrieved captions", "no captions"} <= set(probes)
     assert 0.0 <= probes["own retrieved captions"]["caption equals a prompt caption"] <= 1.0
+
+
+def test_pilot_summary_gives_mean_sd_and_the_bar_per_cell(tmp_path):
+    plan = {**H.PLAN, "strengths": [0.5, 0.9], "seeds": [1, 2], "pilot": True, "pilot_arms": ["none", "backdoor + retrieval"]}
+    vals = {("none", 0.5): [2.0, 1.8], ("none", 0.9): [1.95, 2.05], ("backdoor", 0.5): [1.7, 1.6], ("backdoor", 0.9): [2.2, 1.85]}
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for j in H.all_jobs(plan):
+        res = {**j, "knn_caption_val_CIDEr": 1.9} if j["kind"] == "baselines" else {
+            **j, "val_CIDEr": vals[(j["block"], j["strength"])][j["seed"] - 1], "best_epoch": 5, "epochs_trained": 15, "cpu_seconds": 1.0}
+        (jobs / f"{j['name']}.json").write_text(json.dumps({**res, "plan_version": plan["version"]}))
+    (jobs / "p0.9_backdoor_rag_s2.json").unlink()  # a cell with one seed so far
+    text, summary = H.pilot_summary(plan, tmp_path)
+    s5, s9 = summary["strengths"]["0.5"], summary["strengths"]["0.9"]
+    assert s5["knn_caption_val_CIDEr"] == 1.9
+    none5 = s5["arms"]["none"]  # mean 1.9 is at the bar, seed 2 (1.8) is below it
+    assert math.isclose(none5["mean"], 1.9) and math.isclose(none5["sd"], math.sqrt(0.02)) and none5["at_bar_mean"] and not none5["at_bar_every_seed"]
+    assert s9["arms"]["none"]["at_bar_mean"] and s9["arms"]["none"]["at_bar_every_seed"]
+    assert not s5["arms"]["backdoor + retrieval"]["at_bar_mean"] and not s5["arms"]["backdoor + retrieval"]["at_bar_every_seed"]
+    one = s9["arms"]["backdoor + retrieval"]
+    assert one["n"] == 1 and math.isnan(one["sd"]) and one["at_bar_every_seed"] and list(one["per_seed"]) == [1]
+    assert summary["missing_jobs"] == ["p0.9_backdoor_rag_s2"] and "PARTIAL: 1 of" in text
+    assert (summary["cells"], summary["cells_at_bar_mean"], summary["cells_at_bar_every_seed"]) == (4, 3, 2)
+    assert "cells at or above the bar: 3 of 4 in mean, 2 of 4 in every seed" in text
+    # the command prints the same summary from the finished cells (no training with --analyse-only)
+    pilot = json.dumps({k: plan[k] for k in ("strengths", "seeds", "pilot_arms")})
+    out = run_python([str(ROOT / "bench" / "hallucination.py"), "--encoder", "random", "--tiny", "--analyse-only", "--work", str(tmp_path),
+                      "--pilot", pilot, "--out", str(tmp_path / "pilot.json")])
+    assert out.returncode == 0, out.stderr
+    assert "cells at or above the bar: 3 of 4 in mean, 2 of 4 in every seed" in out.stdout
+    assert json.loads((tmp_path / "pilot.json").read_text())["cells_at_bar_mean"] == 3

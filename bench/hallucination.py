@@ -744,6 +744,13 @@ def pilot_summary(plan, work):
     return "\n".join(lines), summary
 
 
+def write_summary(summary, path):
+    """``summary`` as JSON at ``path``, atomically (a crash leaves the old file or the new one)."""
+    from rslavis.common.checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps(summary, indent=2, default=str), path)
+
+
 def plot(summary, path):
     import matplotlib
 
@@ -820,14 +827,12 @@ def main(argv=None):
         text, summary = pilot_summary(plan, args.work)
         print(text)
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(summary, indent=2, default=str))
+            write_summary(summary, args.out)
         return 1 if not args.analyse_only and any(codes) else 0
     text, summary = analyse(plan, args.work, args.tiny)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(summary, indent=2, default=str))
+        write_summary(summary, args.out)
     if args.plot:
         plot(summary, args.plot)
         print(f"plot written to {args.plot}")

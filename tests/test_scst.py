@@ -210,3 +210,17 @@ def test_run_keys_are_validated_by_the_config():
         Config.from_dict({**base, "run": {"task": "scst", "scst_num_sample": 3}})
     with pytest.raises(ConfigError, match="run.scst_num_samples must be an integer"):
         Config.from_dict({**base, "run": {"task": "scst", "scst_num_samples": "five"}})
+
+
+@pytest.mark.parametrize("parser", [None, "rules", {"name": "rules"}])
+def test_eval_rewards_parse_with_the_training_rewards_parser(parser):
+    # run.eval_rewards' object rewards read scst_reward_parser, as the trained rewards do
+    from rslavis.text import build_parser, default_parser_name
+
+    run = {"task": "scst", "eval_rewards": ["count", "sde", "length"]}
+    if parser is not None:
+        run["scst_reward_parser"] = parser
+    task = SCSTTask(SimpleNamespace(run=OmegaConf.create(run)))
+    expected = build_parser(parser) if parser is not None else build_parser(default_parser_name())
+    assert task.eval_rewards["count"].parser is expected and task.eval_rewards["sde"].parser is expected
+    assert set(task.eval_rewards) == {"count", "sde", "length"}

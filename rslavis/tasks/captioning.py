@@ -41,10 +41,24 @@ class CaptionTask(GenerativeTask):
         if run.get("prompt"):
             raise ConfigError(f"run.prompt ({run.prompt!r}) is read by the vqa task only; for captions set model.prompt (the instruction) or the text_processor's prompt.")
         self.skip_metrics = {str(m).upper() for m in (run.get("skip_metrics") or [])}
-        self.eval_rewards = {name: registry.get_reward_class(name).from_config({}) for name in (run.get("eval_rewards") or [])}
+        shared = self._eval_reward_options(run)
+        self.eval_rewards = {name: self._eval_reward(name, shared) for name in (run.get("eval_rewards") or [])}
         method = str(run.get("inference_method") or "generate")
         if method not in ("generate", "best_of_n"):
             raise ConfigError(f"run.inference_method: {method!r} is unknown for captioning; valid: generate, best_of_n.")
+
+    def _eval_reward_options(self, run):
+        """Options every ``run.eval_rewards`` entry gets when its class takes them (a subclass hook:
+        the SCST task passes its ``scst_reward_parser``, so reported and trained rewards parse alike)."""
+        return {}
+
+    @staticmethod
+    def _eval_reward(name, shared):
+        import inspect
+
+        cls = registry.get_reward_class(name)
+        params = inspect.signature(cls.__init__).parameters
+        return cls.from_config({k: v for k, v in shared.items() if v is not None and k in params})
 
     def state_dict(self):
         state = {f"eval_reward/{n}": r.state_dict() for n, r in self.eval_rewards.items() if r.state_dict()}

@@ -7,8 +7,8 @@ Works with any registered model implementing ``sample`` and ``generate`` (see
    (``model.sample(..., return_logits=True)``), with per-token log-probs;
 2. each is scored by the weighted reward sum of ``run.rewards`` (built by
    :func:`rslavis.rewards.combine.build_reward`; ``cider``/``nkl`` get the training
-   split's references as corpus, ``sde``/``count`` the parser ``scst_reward_parser`` and
-   the samples' ``count_dict``);
+   split's references as corpus, ``sde``/``count`` the parser ``scst_reward_parser`` (the
+   ``run.eval_rewards`` reported on evaluation too) and the samples' ``count_dict``);
 3. baseline ``scst_baseline``: ``greedy`` (self-critical: the reward of the model's own
    greedy caption, decoded in eval mode without grad) or ``mean`` (for each sample, the
    mean reward of the image's other samples; needs ``n >= 2``, no greedy decode);
@@ -102,11 +102,7 @@ class SCSTTask(CaptionTask):
         self.baseline = str(self.run_value("scst_baseline", "greedy"))
         self.sample_max_len = int(self.run_value("scst_max_len", self.generation["max_len"]))
         self.sample_min_len = int(self.run_value("scst_min_len", 0))
-        self.reward_parser = run.get("scst_reward_parser")
-        if self.reward_parser is not None and not isinstance(self.reward_parser, str):
-            from omegaconf import OmegaConf
-
-            self.reward_parser = OmegaConf.to_container(self.reward_parser, resolve=True) if OmegaConf.is_config(self.reward_parser) else dict(self.reward_parser)
+        self.reward_parser = self._reward_parser(run)
         if self.baseline not in BASELINES:
             raise ConfigError(f"run.scst_baseline {self.baseline!r} is invalid; valid: {', '.join(BASELINES)}.")
         if self.num_samples < 1 or (self.baseline == "mean" and self.num_samples < 2):
@@ -127,6 +123,19 @@ class SCSTTask(CaptionTask):
         self.corpus = None
         self._reward = None
         self.epoch = 0
+
+    @staticmethod
+    def _reward_parser(run):
+        """``run.scst_reward_parser`` as a name, a plain mapping or None (the default parser)."""
+        parser = run.get("scst_reward_parser")
+        if parser is not None and not isinstance(parser, str):
+            from omegaconf import OmegaConf
+
+            parser = OmegaConf.to_container(parser, resolve=True) if OmegaConf.is_config(parser) else dict(parser)
+        return parser
+
+    def _eval_reward_options(self, run):
+        return {"parser": self._reward_parser(run)}
 
     @staticmethod
     def _rewards_mapping(spec):

@@ -243,33 +243,23 @@ class HybridCaptionParser(RulesCaptionParser):
 
     def _ambiguous_margin(self, p, w, nx):
         """(margin between the two best tags, the second tag) of the ambiguous word ``w``
-        between ``p`` and ``nx`` (the classifier of the tagger, cached per triple)."""
+        between ``p`` and ``nx``, from the tagger classifier's exact sums (:meth:`_second_tag` caches the decision)."""
         tg = self.tagger
-        pp, np_ = self._pos(p), self._pos(nx)
+        pp, np_ = self._pos(p) or "S", self._pos(nx) or "E"
         cands = tg.ambiguous[w]
-        feats = features_of(p, nx, pp or "S", np_ or "E", p == "<s>")
         if len(cands) == 2:  # most ambiguous words: one score difference per feature
             wd = self._differences(w)
             a, b = tg.cand_pos[w]
             shared = tg.shared
             d = 0.0
-            for f in feats:
+            for f in features_of(p, nx, pp, np_, p == "<s>"):
                 sf = shared.get(f)  # the shared weights' difference, read for the 9 features only
                 d += wd.get(f, 0.0) + (sf.get(a, 0.0) - sf.get(b, 0.0) if sf else 0.0)
             hit = (d, cands[1]) if d >= 0 else (-d, cands[0])  # ties: the first tag, as the tagger
         else:
-            wt, pos = tg.weights[w], tg.cand_pos[w]
-            scores = [0.0] * len(cands)
-            for f in feats:
-                for c, v in wt.get(f, ()):
-                    scores[c] += v
-                sf = tg.shared.get(f)
-                if sf:
-                    for c, ps in enumerate(pos):
-                        scores[c] += sf.get(ps, 0.0)
+            scores = tg.exact_scores(w, p, nx, pp, np_, p == "<s>")
             order = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
             hit = (scores[order[0]] - scores[order[1]], cands[order[1]])
-        self._remember((p, w, nx), hit)
         return hit
 
     def _differences(self, w):

@@ -279,12 +279,11 @@ class LexiconTagger:
                 return self.ambiguous[w][scores.index(best)]
         return self.decide_exact(w, p, nx, pp, np_, is_first)  # a near tie: the classifier's exact sums decide
 
-    def decide_exact(self, w, p, nx, pp, np_, is_first):
-        """The classifier's tag of the ambiguous word ``w`` in a context: per candidate, its own and the
-        shared weights of the context's features (``features_of``) added in feature order; ties: the first."""
+    def exact_scores(self, w, p, nx, pp, np_, is_first):
+        """The classifier's score of each candidate tag of the ambiguous word ``w`` in a context: its
+        own and the shared weights of the context's features (``features_of``) added in feature order."""
         wt = self.weights[w]
-        cands = self.ambiguous[w]
-        scores = [0.0] * len(cands)
+        scores = [0.0] * len(self.ambiguous[w])
         shared = self.shared
         pos = self.cand_pos[w]
         for f in features_of(p, nx, pp, np_, is_first):
@@ -294,8 +293,12 @@ class LexiconTagger:
             if sf:
                 for c, ps in enumerate(pos):
                     scores[c] += sf.get(ps, 0.0)
-        best = max(scores)
-        return cands[scores.index(best)]  # ties: the first (most frequent) tag
+        return scores
+
+    def decide_exact(self, w, p, nx, pp, np_, is_first):
+        """The classifier's tag of the ambiguous word ``w`` in a context (:meth:`exact_scores`); ties: the first."""
+        scores = self.exact_scores(w, p, nx, pp, np_, is_first)
+        return self.ambiguous[w][scores.index(max(scores))]  # ties: the first (most frequent) tag
 
     def fast_scores(self, w, p, nx, pp, np_, is_first):
         """The classifier's scores of the ambiguous word ``w`` (as :meth:`decide_exact`), summed in

@@ -195,6 +195,12 @@ def _parse_entry(name, spec):
     return w, opts
 
 
+def shared_options(cls, shared):
+    """The options of ``shared`` (not None) that reward class ``cls`` takes (``corpus``, ``parser``...)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in shared.items() if v is not None and k in params}
+
+
 def build_reward(mapping, normalize=False, momentum=0.01, reg=None, nonfinite="error", **shared):
     """:class:`CombinedReward` from a ``rewards:`` mapping (see module docstring).
 
@@ -221,10 +227,7 @@ def build_reward(mapping, normalize=False, momentum=0.01, reg=None, nonfinite="e
             cls = reg.get_reward_class(name)
         except RegistryKeyError as exc:
             raise RegistryKeyError(f"rewards: {exc}") from None
-        params = inspect.signature(cls.__init__).parameters
-        for k, v in shared.items():
-            if v is not None and k in params and k not in opts:
-                opts[k] = v
+        opts = {**shared_options(cls, shared), **opts}
         try:
             reward = cls.from_config(opts)
         except TypeError as exc:

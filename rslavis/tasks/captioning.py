@@ -54,11 +54,10 @@ class CaptionTask(GenerativeTask):
 
     @staticmethod
     def _eval_reward(name, shared):
-        import inspect
+        from rslavis.rewards.combine import shared_options
 
         cls = registry.get_reward_class(name)
-        params = inspect.signature(cls.__init__).parameters
-        return cls.from_config({k: v for k, v in shared.items() if v is not None and k in params})
+        return cls.from_config(shared_options(cls, shared))
 
     def state_dict(self):
         state = {f"eval_reward/{n}": r.state_dict() for n, r in self.eval_rewards.items() if r.state_dict()}

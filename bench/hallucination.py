@@ -4,9 +4,66 @@ hallucination of a confounded object, from a pretrained frozen encoder?
     python -m rslavis.train --cfg-path projects/clip_pretrain/synthetic.yaml --options run.job_id=pretrain
     OMP_NUM_THREADS=1 python bench/hallucination.py --encoder output/clip_pretrain_synthetic/pretrain/encoder/vision.json \\
         --work output/hallucination_v3 --out output/hallucination_v3/results.json --plot output/hallucination_v3/plot.png
+    # plan v4's validation pilot (the order of its cells is in the Plan v4 section):
+    nice -n 10 env OMP_NUM_THREADS=1 python bench/hallucination.py --plan v4 --encoder ... --workers 1 --work output/pilot_v4 \
+        --pilot '{"strengths": [0.5], "pilot_arms": ["none + retrieval", "intervention + retrieval", "backdoor + retrieval"], "seeds": [0, 1, 2]}'
     # the recipe pilot (validation only, seed 0, arms none and none + retrieval, both strengths):
     OMP_NUM_THREADS=1 python bench/hallucination.py --encoder ... --work output/pilot_v3 --pilot '{}'
     # earlier plans: add --plan v2 --work output/hallucination_v2, or --plan v1 --work output/hallucination
+
+Plan v4 (written 2026-12-02 19:25 UTC before any v4 training and before any v4 number; ``--plan v4``; v3 stays the default
+unless v4's validation pilot puts every cell at knn_caption's validation CIDEr in every seed)
+------------------------------------------------------------------------------------------------------------
+Why a v4: v3's multi-seed validation pilot (seeds 0-2) put 8 of 12 cells at knn_caption's validation
+bar in mean, 4 in every seed, and all 9 retrieval trainings at p = 0.5 below it, so v3's full run could
+not meet the criterion. Two causes were seen on validation only: (1) noise and selection bias: CIDEr on
+100 validation images moves by a median 0.06-0.16 (up to 0.46) from one epoch to the next; retrieval
+cells at p = 0.5 stopped after 18-41 epochs on one high epoch (patience 10 on the raw curve, the learning
+rate still high); the best epoch is 0.08-0.25 above the median of a cell's last 11 epochs, so best-epoch
+validation flatters every arm against knn_caption's single number; (2) the retrieval decoder rests on its
+prompt (v3 at p = 0.9: 2.154 with its own retrieved captions, 1.282 with another image's; v2 at p = 0.5:
+1.728 vs 0.632) while the rank-1 prompt is wrong about the plane for 16-27% of the images.
+
+Changes (v3 otherwise unchanged: data draw, train and test splits, arms, decoder, optimiser, k = 4, the
+16-caption training pool, seeds, strengths, metrics, effects, criterion):
+
+1. Validation split 400 images (v3: 100; the first 100 are v3's: a scene is a function of its index, and
+   train and test are v3's scenes). knn_caption's validation CIDEr, the pilot's bar, is re-measured on it.
+   Four times the images halve the CIDEr noise's sd if the noise is per-image sampling noise.
+2. Stopping rule on a smoothed curve (:class:`SmoothedStopping`): after every epoch the validation CIDEr
+   (greedy) is appended; its trailing mean over ``smooth_window`` = 5 epochs is the smoothed curve; the
+   weights kept (and scored on test) are those of the last epoch of the best 5-epoch window; training
+   stops when the smoothed curve has not improved for ``patience`` = 8 epochs, or at ``max_epoch`` = 25
+   (cosine schedule over 25). One lucky epoch moves a 5-epoch mean by a fifth of its luck, so it neither
+   stops a run early nor selects its weights alone; the pilot's ``val_CIDEr`` is the best 5-epoch mean,
+   a much smaller maximum than the best epoch (``val_CIDEr_kept_epoch``, the raw value, is recorded too).
+3. Retrieval arms only: ``prompt_swap`` = 0.5: every training example's prompt is, with probability
+   0.5, drawn (the same 4-of-16 sampling) from the pool of another training image chosen uniformly,
+   so half the prompts are wrong and the decoder must take the caption's content from the image and use
+   the prompt only where the image supports it. This is the recipe of Yoran et al. (ICLR 2024, "Making
+   Retrieval-Augmented Language Models Robust to Irrelevant Context": fine-tune on a mix of relevant and
+   irrelevant retrieved contexts, so that irrelevant context does not harm and relevant context still
+   helps), moved to SmallCap's prompt, on top of v3's sample-k from Li et al. (2024), which that paper
+   proposes for SmallCap's sensitivity to tokens repeated across its retrieved captions. Rate 0.5: the
+   prompt must not be trustworthy on average (the decoder then cannot gain by copying it), while half the
+   steps still teach using a relevant prompt. Validation and test prompts are unchanged (the 4 nearest).
+   Whole prompts are swapped, not single captions: with single swaps 3 of 4 captions still agree, and
+   the decoder could keep following the majority of its prompt, the behaviour Li et al. describe.
+
+Compute (why 25 epochs): on this machine (one core, timed before the pilot at 19:20 UTC, load about
+1) a retrieval-arm epoch costs about 6.3 CPU s of training and 2.5 s to caption 400 validation
+images; an arm without retrieval 2.2 s and 0.9 s. At 25 epochs (most cells train them all: the
+smoothed patience rarely fires inside a 25-epoch cosine) that is about 220 and 78 CPU s a cell,
+8,900 CPU s for the 60 trainings: about 75 minutes on 2 idle cores, near the issue's hour; 60 epochs
+(v3's maximum) would need about 3 hours, 30 about 90 minutes, 20 about an hour but with fewer steps
+(360) than any recipe that reached the bar so far. Validation is captioned greedily in batches of 100
+(as v1-v3; the features are cached once per split). The pilot prints each cell's CPU seconds.
+
+Pilot (validation only, ``--pilot`` never scores test), the order fixed before its first number, one
+worker: the retrieval arms at p = 0.5, seeds 0, 1, 2 (the cells v3 failed in every seed); then the
+retrieval arms at p = 0.9; then the arms without retrieval at p = 0.5 and 0.9; cut at 20:45 UTC.
+A cell is at the bar when its best 5-epoch mean is >= knn_caption's validation CIDEr on the same 400
+images. The full run is started only if every pilot cell is at the bar in every seed.
 
 Plan v3 (written 2026-12-02 before any v3 training of the full bench and before any v3 test number; the default)
 ------------------------------------------------------------------------------------------------------------
@@ -189,7 +246,12 @@ PLAN = {**PLAN_V1, "version": "v2", "decoder": {"n_layer": 3, "n_embd": 128, "n_
 PLAN_V2 = PLAN
 # plan v3: v2 with the retrieval arms' training prompts sampled from a larger pool (see the docstring); everything else unchanged
 PLAN = {**PLAN_V2, "version": "v3", "train_retrieval_pool": 16}
-PLANS = {"v1": PLAN_V1, "v2": PLAN_V2, "v3": PLAN}
+PLAN_V3 = PLAN
+# plan v4: v3 with a 400-image validation split, selection and patience on a 5-epoch trailing mean, a 25-epoch schedule,
+# and half the retrieval arms' training prompts taken from another training image (see the docstring)
+PLAN_V4 = {**PLAN_V3, "version": "v4", "sizes": {"train": 600, "val": 400, "test": 200}, "max_epoch": 25, "patience": 8,
+           "smooth_window": 5, "prompt_swap": 0.5}
+PLANS = {"v1": PLAN_V1, "v2": PLAN_V2, "v3": PLAN_V3, "v4": PLAN_V4}
 TINY = {"strengths": [0.9], "seeds": [0, 1], "sizes": {"train": 40, "val": 10, "test": 16}, "max_epoch": 2, "patience": 1, "warmup_steps": 2,
         "decoder": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 128}, "num_prototypes": 3}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -374,16 +436,63 @@ def training_pool(model, train_recs, size):
     return {str(r["image_id"]): caps for r, caps in zip(train_recs, pool)}
 
 
-def prompt_captions(pool, ids, k, gen):
-    """k captions per image drawn without replacement from its pool (kept in rank order), by ``gen``."""
+def prompt_captions(pool, ids, k, gen, swap=0.0, others=None):
+    """k captions per image drawn without replacement from its pool (kept in rank order), by ``gen``.
+
+    ``swap`` (plan v4): with this probability an image's prompt is drawn instead from the pool of
+    another image, chosen uniformly from ``others`` (the training images' ids) minus the image
+    itself: a wrong prompt, which the decoder must learn to overrule from the image. With
+    ``swap`` 0 no extra random numbers are drawn, so v3's prompts are unchanged.
+    """
     import torch
 
     out = []
     for i in ids:
-        caps = pool[str(i)]
+        src = str(i)
+        if swap > 0 and float(torch.rand((), generator=gen)) < swap:
+            j = int(torch.randint(len(others) - 1, (), generator=gen))
+            j += j >= others.index(src)  # uniform over the other images
+            src = others[j]
+        caps = pool[src]
         pick = sorted(torch.randperm(len(caps), generator=gen)[:k].tolist()) if len(caps) > k else range(len(caps))
         out.append([caps[j] for j in pick])
     return out
+
+
+class SmoothedStopping:
+    """Early stopping on a trailing mean of the validation curve (plan v4).
+
+    After each epoch ``update(value)`` adds the raw validation CIDEr; once ``window`` values
+    exist (or ``min(window, max_epoch)``), the smoothed value is the mean of the last
+    ``window``. The best smoothed value so far marks the epoch whose weights are kept (the
+    last epoch of the best window: the weights were seen in every epoch's mean up to it);
+    training stops when it has not improved for ``patience`` epochs. ``window`` 1 is plan
+    v1-v3's rule (best raw epoch, patience on the raw curve). ``update`` returns True when
+    this epoch is the new best (keep its weights).
+    """
+
+    def __init__(self, window, patience, max_epoch):
+        self.window, self.patience = int(window), int(patience)
+        self.first = min(self.window, int(max_epoch))  # a tiny run shorter than the window still selects
+        self.history, self.smoothed = [], []
+        self.best, self.best_epoch, self.since = -math.inf, None, 0
+
+    def update(self, value):
+        self.history.append(value)
+        if len(self.history) < self.first:
+            self.smoothed.append(None)
+            return False
+        s = statistics.fmean(self.history[-self.window :])
+        self.smoothed.append(s)
+        if s > self.best:
+            self.best, self.best_epoch, self.since = s, len(self.history) - 1, 0
+            return True
+        self.since += 1
+        return False
+
+    @property
+    def stop(self):
+        return self.since >= self.patience
 
 
 class WeightEMA:
@@ -451,11 +560,18 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=Fa
     pool, pool_gen = None, torch.Generator().manual_seed(10_000 + job["seed"])
     if job["rag"] and pool_size > plan["k"]:
         pool = training_pool(model, train_recs, pool_size)
+    swap = float(plan.get("prompt_swap") or 0) if job["rag"] else 0.0  # v4: share of training prompts taken from another image
+    if swap and pool is None:  # without a pool: the other image's own top-k
+        pool = {str(r["image_id"]): model.retrieved[str(r["image_id"])] for r in train_recs}
+    train_ids = [str(r["image_id"]) for r in train_recs]
     # v3 option: validation, early stopping and scoring read an exponential moving average of the weights (decay per step)
     ema = WeightEMA(model, float(plan["ema_decay"])) if plan.get("ema_decay") else None
-    best, best_state, best_epoch, history, since = -math.inf, None, None, [], 0
+    # v4: selection and patience on a trailing mean of the validation curve (window 1: v1-v3's rule, best raw epoch)
+    stopper = SmoothedStopping(plan.get("smooth_window", 1), plan["patience"], plan["max_epoch"])
+    best_state = None
     val_img, val_recs = data["val"]
-    t0, c0 = time.time(), time.process_time()
+    eval_batch = int(plan.get("eval_batch", 100))
+    t0, c0, c_val = time.time(), time.process_time(), 0.0
     for epoch in range(plan["max_epoch"]):
         model.train()
         order = torch.randperm(len(train_recs), generator=gen).tolist()
@@ -466,7 +582,7 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=Fa
             caps = [captions[i][epoch % len(captions[i])] for i in idx]
             samples = {"image": train_img[idx], "image_id": [train_recs[i]["image_id"] for i in idx], "text_input": [""] * len(idx), "text_output": caps}
             if pool is not None:
-                samples["retrieved_captions"] = prompt_captions(pool, samples["image_id"], plan["k"], pool_gen)
+                samples["retrieved_captions"] = prompt_captions(pool, samples["image_id"], plan["k"], pool_gen, swap, train_ids)
             loss = model(samples)["loss"]
             if not torch.isfinite(loss):
                 raise SystemExit(f"{job['name']}: non-finite loss at epoch {epoch} step {it}")
@@ -477,27 +593,32 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=Fa
                 ema.update()
         if ema is not None:  # evaluate (and keep) the averaged weights; training goes on from the live ones
             ema.swap_in()
-        val = cider(val_recs, generate(model, val_img, val_recs, plan))
-        history.append(round(val, 4))
-        if plan.get("pilot"):
-            print(f"  {job['name']} epoch {epoch}: val CIDEr {val:.4f} ({time.time() - t0:.0f} s)", flush=True)
-        if val > best:
-            best, best_epoch, since = val, epoch, 0
+        cv = time.process_time()
+        val = cider(val_recs, generate(model, val_img, val_recs, plan, batch=eval_batch))
+        c_val += time.process_time() - cv
+        if stopper.update(round(val, 4)):
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            since += 1
+        if plan.get("pilot"):
+            sm = stopper.smoothed[-1]
+            print(f"  {job['name']} epoch {epoch}: val CIDEr {val:.4f}" + (f" (smoothed {sm:.4f})" if stopper.window > 1 and sm is not None else "") + f" ({time.time() - t0:.0f} s)", flush=True)
         if ema is not None:
             ema.swap_out()
-        if since >= plan["patience"]:
+        if stopper.stop:
             break
-        if plan.get("stop_after_epochs") and len(history) >= plan["stop_after_epochs"]:  # diagnostics only: the schedule stays the plan's
+        if plan.get("stop_after_epochs") and len(stopper.history) >= plan["stop_after_epochs"]:  # diagnostics only: the schedule stays the plan's
             break
     model.load_state_dict(best_state)
+    history, best, best_epoch = stopper.history, stopper.best, stopper.best_epoch
     beams = int(plan.get("eval_beams", 1))  # early stopping reads greedy captions; the best weights are scored with eval_beams
+    # val_CIDEr: the selected value (v4: the best trailing mean over smooth_window epochs; v1-v3: the best epoch's)
     common = {**job, "val_cider_history": history, "best_epoch": best_epoch, "epochs_trained": len(history), "val_CIDEr_greedy": best,
               "val_CIDEr": best if beams == 1 else cider(val_recs, generate(model, val_img, val_recs, plan, num_beams=beams)), "eval_beams": beams}
+    if stopper.window > 1:
+        common.update({"smooth_window": stopper.window, "val_smoothed_history": [None if v is None else round(v, 4) for v in stopper.smoothed],
+                       "val_CIDEr_kept_epoch": history[best_epoch]})
     # wall seconds grow with the machine's load; CPU seconds (this process) are what the training cost
     common["seconds"], common["cpu_seconds"] = round(time.time() - t0, 1), round(time.process_time() - c0, 2)
+    common["cpu_seconds_validation"] = round(c_val, 2)
     if plan.get("pilot") and job["rag"]:
         # how much the caption rests on the prompt: the same images prompted with another validation image's retrieved captions
         own = [model.retrieved[str(r["image_id"])] for r in val_recs]
@@ -791,7 +912,7 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="tests only: shrunk sizes (numbers mean nothing)")
     p.add_argument("--analyse-only", action="store_true", help="only summarise the finished jobs in --work")
     p.add_argument("--device", default="cpu", help="where the captioners train (cpu, cuda, cuda:1); baselines, datastore and dictionary stay on the CPU")
-    p.add_argument("--plan", choices=sorted(PLANS), default="v3", help="analysis plan (docstring): v3 (default), v2 or v1, the first run's")
+    p.add_argument("--plan", choices=sorted(PLANS), default="v3", help="analysis plan (docstring): v3 (default), v4 (its pilot first), v2 or v1, the first run's")
     p.add_argument("--pilot", default=None, metavar="JSON",
                    help="recipe pilot on VALIDATION only (no test scoring): arms none and none + retrieval, seed 0, both strengths; JSON overrides of the plan, "
                         "e.g. '{\"max_epoch\": 40}' or '{\"pilot_arms\": [\"backdoor\"], \"seeds\": [1, 2]}'; prints each cell's validation CIDEr "

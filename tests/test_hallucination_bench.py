@@ -245,3 +245,110 @@ def test_pilot_summary_gives_mean_sd_and_the_bar_per_cell(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "cells at or above the bar: 3 of 4 in mean, 2 of 4 in every seed" in out.stdout
     assert json.loads((tmp_path / "pilot.json").read_text())["cells_at_bar_mean"] == 3
+
+
+def test_plan_v4_changes_validation_stopping_schedule_and_prompts_only():
+    """v4 is v3 with a larger validation split, the smoothed stopping rule, a shorter schedule and prompt swaps;
+    train and test sizes, arms, decoder and the rest are v3's; v1-v3 are unchanged."""
+    v3, v4 = H.PLANS["v3"], H.PLANS["v4"]
+    assert v4["version"] == "v4" and H.PLAN is v3  # v3 stays the default
+    assert {k for k in set(v3) | set(v4) if v3.get(k) != v4.get(k)} == {"version", "sizes", "max_epoch", "patience", "smooth_window", "prompt_swap"}
+    assert v4["sizes"]["val"] >= 3 * v3["sizes"]["val"] and {k: v4["sizes"][k] for k in ("train", "test")} == {k: v3["sizes"][k] for k in ("train", "test")}
+    assert v4["smooth_window"] > 1 and 0 < v4["prompt_swap"] < 1
+    assert all("smooth_window" not in H.PLANS[v] and "prompt_swap" not in H.PLANS[v] for v in ("v1", "v2", "v3"))
+
+
+def test_smoothed_stopping_does_not_reward_one_lucky_epoch():
+    """plan v4's rule: a lucky epoch (1.9 on a 1.0 base) neither stops the run nor is kept; the plateau (1.4) is."""
+    curve = [0.5, 1.0, 1.0, 1.9, 1.0, 1.05, 1.1, 1.2, 1.4, 1.4, 1.4, 1.4, 1.3, 1.3, 1.3, 1.3, 1.3]
+    st = H.SmoothedStopping(3, 4, 50)
+    kept = []
+    for e, v in enumerate(curve):
+        if st.update(v):
+            kept.append(e)
+        if st.stop:
+            break
+    # trailing 3-epoch means: 0.833, 1.3, 1.3, 1.317, 1.05, 1.117, 1.233, 1.333, 1.4, 1.4, 1.367, 1.333, 1.3
+    assert st.smoothed[:2] == [None, None] and math.isclose(st.smoothed[5], (1.9 + 1.0 + 1.05) / 3)
+    assert st.best_epoch == 10 and math.isclose(st.best, 1.4) and kept == [2, 3, 5, 9, 10]
+    assert len(st.history) == 15  # stopped 4 epochs after the best window, not 4 after the lucky epoch
+    # window 1 is v1-v3's rule: the lucky epoch is kept and stops the run 4 epochs later
+    raw = H.SmoothedStopping(1, 4, 50)
+    for v in curve:
+        raw.update(v)
+        if raw.stop:
+            break
+    assert raw.best_epoch == 3 and raw.best == 1.9 and len(raw.history) == 8
+    # a run shorter than the window (tiny tests) still selects, from its full length on
+    short = H.SmoothedStopping(5, 1, 2)
+    assert short.update(0.3) is False and short.update(0.5) is True and short.best_epoch == 1 and math.isclose(short.best, 0.4)
+
+
+def test_prompt_swap_draws_other_images_prompts():
+    """plan v4's prompt_swap: with probability swap a prompt comes from another image's pool; 0 draws as v3 did."""
+    import torch
+
+    ids = [str(i) for i in range(40)]
+    pool = {i: [f"{i}-{j}" for j in range(6)] for i in ids}
+    own = lambda caps, i: all(c.split("-")[0] == i for c in caps)  # noqa: E731
+    v3 = H.prompt_captions(pool, ids, 3, torch.Generator().manual_seed(5))
+    assert H.prompt_captions(pool, ids, 3, torch.Generator().manual_seed(5), 0.0, ids) == v3  # swap 0: v3's draws, bit for bit
+    assert all(own(c, i) for c, i in zip(v3, ids))
+    always = H.prompt_captions(pool, ids * 5, 3, torch.Generator().manual_seed(5), 1.0, ids)
+    assert all(len(c) == 3 and len({x.split("-")[0] for x in c}) == 1 and not own(c, i) for c, i in zip(always, ids * 5))
+    half = H.prompt_captions(pool, ids * 25, 3, torch.Generator().manual_seed(5), 0.5, ids)
+    share = sum(not own(c, i) for c, i in zip(half, ids * 25)) / len(half)
+    assert 0.4 < share < 0.6  # 1,000 draws at 0.5
+    assert len({c[0].split("-")[0] for c, i in zip(always, ids * 5)}) > 20  # the other image is drawn across the images
+
+
+def test_v4_run_keeps_the_best_smoothed_epochs_weights_and_swaps_prompts(tmp_path, monkeypatch):
+    """run_arm under v4's options: validation on the larger split (its first scenes are v3's), the weights kept are
+    those of the best trailing-mean epoch (not the best raw one), and retrieval training prompts are swapped."""
+    import torch
+
+    from rslavis.models.smallcap.causal import SmallCapCausal
+
+    plan = {**H.PLANS["v4"], **H.TINY, "sizes": {"train": 40, "val": 24, "test": 16}, "max_epoch": 6, "patience": 10,
+            "smooth_window": 3, "train_retrieval_pool": 6, "k": 2, "prompt_swap": 1.0, "pilot": True}
+    small = H.build_datasets({**plan, "sizes": {**plan["sizes"], "val": 10}}, 0.9, tmp_path / "small")
+    datasets = H.build_datasets(plan, 0.9, tmp_path)
+    assert len(datasets["val"].records) == 24
+    assert [r["captions"] for r in datasets["val"].records[:10]] == [r["captions"] for r in small["val"].records]
+    assert [r["captions"] for r in datasets["train"].records] == [r["captions"] for r in small["train"].records]
+    data = H.preload(datasets)
+    assert torch.equal(data["val"][0][:10], H.preload(small)["val"][0])
+    curve = iter([0.2, 0.9, 0.3, 0.5, 0.6, 0.4])  # raw best: epoch 1; 3-epoch means 0.467, 0.567, 0.467, 0.5 -> epoch 3
+    snaps = []
+    real_generate = H.generate
+
+    def spy_generate(model, images, records, plan_, **kw):
+        if len(records) == 24 and kw.get("retrieved") is None:  # the per-epoch validation pass
+            snaps.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+        return real_generate(model, images, records, plan_, **kw)
+
+    seen = []
+    forward = SmallCapCausal.forward
+
+    def spy_forward(self, samples):
+        seen.append((samples.get("retrieved_captions"), list(samples["image_id"])))
+        return forward(self, samples)
+
+    monkeypatch.setattr(H, "cider", lambda records, preds: next(curve, 0.0))  # the 6 validation passes, then the pilot's other-prompt probe
+    monkeypatch.setattr(H, "generate", spy_generate)
+    monkeypatch.setattr(SmallCapCausal, "forward", spy_forward)
+    vision = H.load_vision("random", plan)
+    job = {"kind": "arm", "strength": 0.9, "block": "none", "rag": True, "seed": 0, "name": "t"}
+    res = H.run_arm(job, plan, vision, datasets, data, tmp_path, keep_model=True)
+    assert res["val_cider_history"] == [0.2, 0.9, 0.3, 0.5, 0.6, 0.4]
+    assert res["best_epoch"] == 3 and math.isclose(res["val_CIDEr"], (0.9 + 0.3 + 0.5) / 3)
+    assert res["val_CIDEr_kept_epoch"] == 0.5 and res["smooth_window"] == 3 and res["val_smoothed_history"][:2] == [None, None]
+    kept = res["model"].state_dict()
+    assert all(torch.equal(kept[n], t) for n, t in snaps[3].items())
+    assert not all(torch.equal(kept[n], t) for n, t in snaps[1].items())  # not the raw best epoch's weights
+    # prompt_swap 1.0: no training prompt is drawn from the image's own pool
+    pool = H.training_pool(res["model"], data["train"][1], 6)
+    assert seen and all(g is not None for g, _ in seen)
+    mine = sum(all(c in pool[str(i)] for c in caps) for g, ids in seen for caps, i in zip(g, ids))
+    total = sum(len(ids) for _, ids in seen)
+    assert mine < 0.2 * total  # only where another image's captions happen to be in this image's pool too

@@ -138,3 +138,35 @@ def test_real_rsicd_captions(shared_data, parser):
     # almost every real caption names at least one object, and no count is absurd
     assert sum(1 for p in parses if p) / len(parses) > 0.95
     assert all(v is None or 0 < v <= 100 for p in parses for v in p.values())
+
+
+# captions reaching the attribute ruler's context patterns: "is" after an expletive "there" (a VERB), two-token
+# patterns ("gon na", "let 's"), pronouns by dependency, whitespace tokens
+RULER_CASES = ["there is a plane .", "there are many cars and it is gon na rain , let 's see it",
+               "a  building   with two  spaces", "but i see you , but not him", "the house that has a pool",
+               "let them see the planes"]  # "let" before another word than "'s"
+
+
+def test_attribute_ruler_matched_in_python_gives_spacys_tokens(shared_data, parser):
+    """The ``spacy`` parser runs the pipeline's attribute ruler as rslavis.text.attribute_rules: every token
+    attribute it or the lemmatizer after it sets must be the unchanged pipeline's, on real captions."""
+    if parser.mode != "full":
+        pytest.skip("no English spaCy pipeline installed")
+    from rslavis.text.lexicon import split_captions
+
+    assert parser._after and parser._after[0][0] == "attribute_ruler"  # the fast path is on
+    caps = RULER_CASES + list(dict.fromkeys(c.lower() for _, _, c in split_captions(shared_data, None)[::25]))
+    names = [name for name, _ in parser._after]
+
+    def attrs(doc):
+        return [(t.text, t.pos_, t.tag_, str(t.morph), t.lemma_, t.dep_) for t in doc]
+
+    real = [attrs(d) for d in parser.nlp.pipe(caps)]
+    fast = []
+    for doc in parser.nlp.pipe(caps, disable=names):
+        for _, proc in parser._after:
+            doc = proc(doc)
+        fast.append(attrs(doc))
+    assert len(caps) > 1500
+    assert [c for c, a, b in zip(caps, fast, real) if a != b] == []
+    assert any(t[1] == "VERB" and t[0] == "is" for t in real[0])  # "there is": the expletive pattern fired

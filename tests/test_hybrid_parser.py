@@ -155,3 +155,30 @@ def test_gate_fast_margins_give_the_exact_decisions(shared_data):
             pp = "S" if p == "<s>" else (tg.words.get(p) or tg.guess(p))[0]
             np_ = "E" if nx == "</s>" else (tg.words.get(nx) or tg.guess(nx))[0]
             assert tag == tg.decide_exact(w, p, nx, pp, np_, p == "<s>"), (p, w, nx)
+
+
+def test_gate_skips_only_ambiguous_words_no_retagging_can_change(shared_data):
+    # the gate does not weigh "inert" words ("is", "are", "this"...): on real captions, every other tag
+    # of each of them leaves every mention unchanged, and the gate decides as if it weighed them
+    from rslavis.text.rules_parser import caption_words
+
+    g = _gate(ambiguous_margin=1e9)  # every ambiguous word is unsure: the gate's widest net
+    inert = g._inert_words()
+    assert {"is", "are"} <= inert and "square" not in inert and g._doubtable == set(g.tagger.weights) - inert
+    caps = list(dict.fromkeys(c for _, _, c in split_captions(shared_data, None)[::4]))
+    tried = 0
+    for c in caps:
+        ws = caption_words(c)
+        if inert.isdisjoint(ws):
+            continue
+        toks = g.tagger.tag(ws)
+        base = g.mentions_from_tokens(toks)
+        for i, w in enumerate(ws):
+            if w in inert:
+                for tag in g.tagger.ambiguous[w]:
+                    tried += 1
+                    assert g.mentions_from_tokens(g._retag(ws, toks, i, tag)) == base, (c, w, tag)
+    assert tried > 10000
+    weighing = _gate()
+    weighing._doubtable = frozenset(weighing.tagger.weights)
+    assert [c for c in caps if _gate().unsure(c) != weighing.unsure(c)] == []

@@ -57,10 +57,23 @@ class HybridCaptionParser(RulesCaptionParser):
         self._margin = {}
         self._diff = {}
         self._second = {}
+        self._doubtable = frozenset(self.tagger.weights) - self._inert_words()
         if spacy is not False:
             self.fallback = self._load_fallback(dict(spacy or {}), kwargs)
             if self.fallback is not None:
                 self.model_name = f"spacy fallback: {self.fallback.model_name}"
+
+    def _inert_words(self):
+        """Ambiguous boundary words whose other tags the rules cannot tell apart: hard words
+        (:func:`~rslavis.text.lexicon.hard_words`: every tag stops every rule, their text is all the
+        quantity rules read) none of whose tags is a noun, adjective or adverb (which the rules read
+        through or count). Retagging one changes no mention, so the gate need not weigh them."""
+        from rslavis.text.base_parser import SKIP_POS
+        from rslavis.text.lexicon import boundary_tag
+
+        tg = self.tagger
+        return {w for w, tags in tg.ambiguous.items() if w in tg.hard and all(
+            boundary_tag(w, t) and t[0] not in SKIP_POS and t[0] not in NOUN_POS and not t[3] for t in tags)}
 
     @staticmethod
     def _load_fallback(opts, kwargs):
@@ -107,7 +120,7 @@ class HybridCaptionParser(RulesCaptionParser):
         # only ambiguous words and words the lexicon never saw can be unsure: find them with set
         # operations (C loops) and visit only their positions
         present = set(ws)
-        look = tg.weights.keys() & present if amb_cut else set()
+        look = self._doubtable & present if amb_cut else set()
         if oov_cut:
             look |= present.difference(words)
         if not look:

@@ -40,16 +40,19 @@ class AttributeRules:
     """The matcher of ``ruler`` (an ``AttributeRuler``) over (lower, tag, dep, is_space) values; call it on a Doc
     instead of the ruler (see module docstring)."""
 
-    def __init__(self, ruler, tests):
+    def __init__(self, ruler, tests, steps_by_value):
         self.ruler = ruler
-        self.tests = tests  # [(attr_id, match_id, [test of each position])]
+        self.tests = tests  # [(attr_id, match_id, [checks of each position])]
+        # (test number, position) of the steps to try on a token: per (value index, value) of a step's
+        # equality check on LOWER or TAG (most steps have one), and those without (under None)
+        self._steps_by_value = steps_by_value
         self._passes = {}
 
     @classmethod
     def build(cls, ruler):
         """:class:`AttributeRules` of ``ruler``, or None when one of its patterns is of another kind."""
         strings = ruler.vocab.strings
-        tests = []
+        tests, steps_by_value = [], {}
         for attr_id, entry in enumerate(ruler.patterns):  # patterns in attribute-id order
             match_id = strings.add(str(attr_id))
             for pattern in entry["patterns"]:
@@ -63,17 +66,18 @@ class AttributeRules:
                     if any(t is None for _, t in checks):
                         return None
                     steps.append(tuple(checks))
+                    index = next(((KEYS.index(k), v) for k, v in sorted(spec.items())
+                                  if k in ("LOWER", "TAG") and isinstance(v, str)), None)
+                    steps_by_value.setdefault(index, []).append((len(tests), len(steps) - 1))
                 tests.append((attr_id, match_id, steps))
-        return cls(ruler, tests)
+        return cls(ruler, tests, steps_by_value)
 
     def _passed(self, value):
         """The (test number, position) pairs the token ``value`` = (lower, tag, dep, is_space) passes."""
-        out = []
-        for n, (_, _, steps) in enumerate(self.tests):
-            for pos, checks in enumerate(steps):
-                if all(t(value[k]) for k, t in checks):
-                    out.append((n, pos))
-        out = frozenset(out)
+        by_value = self._steps_by_value
+        tests = self.tests
+        out = frozenset((n, pos) for key in ((0, value[0]), (1, value[1]), None) for n, pos in by_value.get(key, ())
+                        if all(t(value[k]) for k, t in tests[n][2][pos]))
         if len(self._passes) > 200000:
             self._passes.clear()
         self._passes[value] = out

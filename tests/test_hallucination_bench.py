@@ -258,6 +258,15 @@ def test_plan_v4_changes_validation_stopping_schedule_and_prompts_only():
     assert all("smooth_window" not in H.PLANS[v] and "prompt_swap" not in H.PLANS[v] for v in ("v1", "v2", "v3"))
 
 
+def test_plan_v5_is_v4_with_v3s_schedule_and_prompts():
+    """v5 keeps v4's validation split and smoothed rule, and v3's schedule, patience and (unswapped) prompts."""
+    v3, v4, v5 = H.PLANS["v3"], H.PLANS["v4"], H.PLANS["v5"]
+    assert v5["version"] == "v5" and H.PLAN is v3
+    assert {k for k in set(v4) | set(v5) if v4.get(k) != v5.get(k)} == {"version", "max_epoch", "patience", "prompt_swap"}
+    assert (v5["max_epoch"], v5["patience"]) == (v3["max_epoch"], v3["patience"]) and not v5["prompt_swap"]
+    assert v5["sizes"] == v4["sizes"] and v5["smooth_window"] == v4["smooth_window"] > 1
+
+
 def test_smoothed_stopping_does_not_reward_one_lucky_epoch():
     """plan v4's rule: a lucky epoch (1.9 on a 1.0 base) neither stops the run nor is kept; the plateau (1.4) is."""
     curve = [0.5, 1.0, 1.0, 1.9, 1.0, 1.05, 1.1, 1.2, 1.4, 1.4, 1.4, 1.4, 1.3, 1.3, 1.3, 1.3, 1.3]

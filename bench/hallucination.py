@@ -11,7 +11,7 @@ hallucination of a confounded object, from a pretrained frozen encoder?
     OMP_NUM_THREADS=1 python bench/hallucination.py --encoder ... --work output/pilot_v3 --pilot '{}'
     # earlier plans: add --plan v2 --work output/hallucination_v2, or --plan v1 --work output/hallucination
 
-Plan v5 (written 2026-12-02 21:05 UTC before any v5 training or number; ``--plan v5``; v3 stays the default)
+Plan v5 (written 2026-12-02 21:03 UTC before any v5 training or number; ``--plan v5``; v3 stays the default)
 ------------------------------------------------------------------------------------------------------------
 Why a v5: v4's validation pilot put no cell at knn_caption's bar on the 400 validation images (2.045 / 2.080),
 the arm without retrieval included (1.662 / 1.797, seed 0), with every kept epoch at 21-24 of 25 and the curves

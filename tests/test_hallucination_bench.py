@@ -267,6 +267,30 @@ def test_plan_v5_is_v4_with_v3s_schedule_and_prompts():
     assert v5["sizes"] == v4["sizes"] and v5["smooth_window"] == v4["smooth_window"] > 1
 
 
+def test_plan_v6_is_v5_with_five_times_the_training_scenes():
+    """v6 changes the training set's size and counts its schedule in the longer epochs; everything else
+    (validation and test splits, arms, decoder, optimiser, prompts, seeds, criterion) is v5's."""
+    import numpy as np
+
+    from rslavis.datasets.synthetic.scenes import generate_confounded_split
+
+    v5, v6 = H.PLANS["v5"], H.PLANS["v6"]
+    assert v6["version"] == "v6" and H.PLAN is H.PLANS["v3"]  # v3 stays the default
+    assert {k for k in set(v5) | set(v6) if v5.get(k) != v6.get(k)} == {"version", "sizes", "max_epoch", "patience", "smooth_window"}
+    assert v6["sizes"] == {**v5["sizes"], "train": 5 * v5["sizes"]["train"]}
+    # the schedule in steps: 1-2x v5's (not 5x: the budget), the window and patience at least v5's in steps
+    steps = {v: p["max_epoch"] * (p["sizes"]["train"] // p["batch_size"]) for v, p in (("v5", v5), ("v6", v6))}
+    assert steps["v5"] < steps["v6"] < 2 * steps["v5"]
+    per_epoch = {v: p["sizes"]["train"] // p["batch_size"] for v, p in (("v5", v5), ("v6", v6))}
+    assert v6["smooth_window"] * per_epoch["v6"] >= v5["smooth_window"] * per_epoch["v5"] and v6["smooth_window"] > 1
+    assert v6["patience"] * per_epoch["v6"] >= v5["patience"] * per_epoch["v5"] and v6["patience"] < v6["max_epoch"]
+    # a scene is a function of its split and index: v6's first training scenes are v5's (and its val and test are v5's)
+    args = dict(seed=v6["data_seed"] * 1000 + 1, split="train", context=v6["context"], obj=v6["object"], cooccurrence=0.5,
+                context_share=v6["context_share"], size=v6["image_size"], elsewhere=0.5)
+    short, long = generate_confounded_split(4, **args), generate_confounded_split(7, **args)
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(short, long[:4]))
+
+
 def test_smoothed_stopping_does_not_reward_one_lucky_epoch():
     """plan v4's rule: a lucky epoch (1.9 on a 1.0 base) neither stops the run nor is kept; the plateau (1.4) is."""
     curve = [0.5, 1.0, 1.0, 1.9, 1.0, 1.05, 1.1, 1.2, 1.4, 1.4, 1.4, 1.4, 1.3, 1.3, 1.3, 1.3, 1.3]

@@ -14,7 +14,7 @@ hallucination of a confounded object, from a pretrained frozen encoder?
     OMP_NUM_THREADS=1 python bench/hallucination.py --encoder ... --work output/pilot_v3 --pilot '{}'
     # earlier plans: add --plan v2 --work output/hallucination_v2, or --plan v1 --work output/hallucination
 
-Plan v6 (written 2026-12-02 21:57 UTC before any v6 training or number; ``--plan v6``; v3 stays the default)
+Plan v6 (written 2026-12-02 21:56 UTC before any v6 training or number; ``--plan v6``; v3 stays the default)
 ------------------------------------------------------------------------------------------------------------
 Why a v6: v5's pilot put even the plain arm (no block, no retrieval), trained the full 60 epochs, below knn_caption
 on the 400 validation images by its best 5-epoch mean (1.966 vs 2.045; none + retrieval 1.908), so at a 3 x 128

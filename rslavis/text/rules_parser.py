@@ -14,7 +14,7 @@ fallback, is :mod:`rslavis.text.closed_tagger`.
 """
 
 import re
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 
 from rslavis.common.registry import registry
 from rslavis.text.base_parser import (DEFINITE_WORDS, NOUN_POS, NUMBER_WORDS, ONE_WORDS, TWO_WORDS,
@@ -121,6 +121,17 @@ class LexiconTagger:
         # known words whose tag and modifier flag ignore the next / the previous word
         self.blind_right = frozenset(set(self.words) - self.looks_right)
         self.blind_left = frozenset(set(self.words) - self.looks_left)
+        # what the last word of a segment reads of the word after it (see ``tag``), for known words
+        # without a classifier: the next words of their tri, right and mod entries exactly, else only
+        # that word's part of speech, and only when they have right_pos entries
+        right_words = {}
+        for k in self.tri:
+            right_words.setdefault(k[1], set()).add(k[2])
+        for k in chain(self.right, self.mod):
+            right_words.setdefault(k[0], set()).add(k[1])
+        self.right_words = {w: frozenset(s) for w, s in right_words.items()}
+        self.right_pos_words = frozenset(k[0] for k in self.right_pos)
+        self.right_by_table = frozenset(set(self.words) - set(self.weights) - self.blind_right)
         self._ctx = {}
         self._semi = {}
         self._fast = {}
@@ -473,6 +484,8 @@ class RulesCaptionParser(BaseCaptionParser):
             cuts = kept
         cuts.append(n)
         blind_right, blind_left, bclass = tagger.blind_right, tagger.blind_left, tagger.boundary_class
+        by_table, right_words, right_pos_words, words = (tagger.right_by_table, tagger.right_words,
+                                                         tagger.right_pos_words, tagger.words)
         segments = self._segments
         get = segments.get
         mentions = []
@@ -481,7 +494,22 @@ class RulesCaptionParser(BaseCaptionParser):
         for i in cuts:
             # the next word only matters as the context of the segment's last word
             # (unknown words look both ways: their tag comes from their neighbours' parts of speech)
-            right = None if ws[i - 1] in blind_right else ws[i]
+            last = ws[i - 1]
+            if last in blind_right:
+                right = None
+            elif last in by_table:
+                # a known word without a classifier reads the next word only through its tables: the
+                # next words they name, else its part of speech (tag_at's), else nothing; segments
+                # before other words share one entry ("three blocks" before "in", "by", "at")
+                right = ws[i]
+                if right not in right_words.get(last, ()):
+                    if last in right_pos_words:
+                        t = words.get(right)
+                        right = "PUNCT" if t is None or right == "</s>" else t[0]
+                    else:
+                        right = None
+            else:
+                right = ws[i]
             if i - start > 1 and ws[start + 1] in blind_left and (start or first_hard):
                 # the segment's first word is a boundary word its second word does not look at
                 # (the caption's first segment too, when it starts with a hard word)

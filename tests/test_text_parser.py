@@ -170,3 +170,27 @@ def test_attribute_ruler_matched_in_python_gives_spacys_tokens(shared_data, pars
     assert len(caps) > 1500
     assert [c for c, a, b in zip(caps, fast, real) if a != b] == []
     assert any(t[1] == "VERB" and t[0] == "is" for t in real[0])  # "there is": the expletive pattern fired
+
+
+def test_rule_lemmatizer_with_set_index_gives_the_unchanged_pipelines_lemmas(shared_data, parser):
+    """The ``spacy`` parser's pipeline looks lemmas up in sets (``lemma_index_as_sets``): every token's
+    attributes must be those of the same pipeline loaded unchanged, on real captions."""
+    if parser.mode != "full":
+        pytest.skip("no English spaCy pipeline installed")
+    from rslavis.text.lexicon import split_captions
+    from rslavis.text.spacy_parser import lemma_index_as_sets
+
+    assert lemma_index_as_sets(parser.nlp) == 0  # done when the pipeline was loaded: no list left
+    unchanged = spacy.load(parser.model_name, exclude=["ner"])
+    caps = RULER_CASES + list(dict.fromkeys(c.lower() for _, _, c in split_captions(shared_data, None)[::40]))
+
+    def attrs(doc):
+        return [(t.text, t.pos_, t.tag_, str(t.morph), t.lemma_, t.dep_) for t in doc]
+
+    # a fresh parser's tokens (its caches empty of these captions) against the unchanged pipeline's
+    fresh = build_parser({"name": "spacy", "cache_size": 10**6})
+    real = [[(a[0], a[4].lower(), a[1]) for a in attrs(d) if not a[0].isspace()] for d in unchanged.pipe(caps)]
+    mine = [[(t.text, t.lemma, t.pos) for t in toks] for toks in fresh._tokens(caps)]
+    assert len(caps) > 500
+    assert [c for c, a, b in zip(caps, mine, real) if a != b] == []
+    assert any(t[0] == "buildings" and t[1] == "building" for toks in mine for t in toks)

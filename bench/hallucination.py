@@ -14,7 +14,7 @@ hallucination of a confounded object, from a pretrained frozen encoder?
     OMP_NUM_THREADS=1 python bench/hallucination.py --encoder ... --work output/pilot_v3 --pilot '{}'
     # earlier plans: add --plan v2 --work output/hallucination_v2, or --plan v1 --work output/hallucination
 
-Plan v7 (written 2026-12-02 23:30 UTC before any v7 training or number; ``--plan v7``; v3 stays the default)
+Plan v7 (written 2026-12-02 23:28 UTC before any v7 training or number; ``--plan v7``; v3 stays the default)
 ------------------------------------------------------------------------------------------------------------
 Why a v7: v6's pilot (3,000 training scenes, 16 epochs) put the arms without a block at knn_caption's bar at
 p = 0.5 in both seeds, but intervention + retrieval (2.145) and backdoor + retrieval (2.124) just below its 2.148,

@@ -249,8 +249,8 @@ Baselines on the same test split: most frequent training caption, scene-class or
 
 Compute: 2 strengths x 6 arms x 5 seeds = 60 trainings, run by ``--workers`` (2) worker
 processes that claim jobs in order, each job written to ``<work>/jobs/*.json`` as it finishes (a rerun skips
-finished jobs, so an interrupted run resumes; a partial run reports which jobs are
-missing). Sized for about 40 minutes on 2 CPU cores shared with other work: the
+finished jobs, so an interrupted run resumes; a training stopped mid-way goes on exactly from its last finished
+epoch, kept in ``<work>/partial/``; a partial run reports which jobs are missing). Sized for about 40 minutes on 2 CPU cores shared with other work: the
 training budget (15 epochs of 18 steps, patience 3) was set from a two-job pilot (no
 block with and without retrieval, p = 0.9, seed 0, in another work folder) that looked
 at its time and validation curve only; at 10 epochs with patience 2 it stopped after 4-6. ``--tiny`` (tests only)
@@ -592,6 +592,15 @@ class WeightEMA:
         self.saved = None
 
 
+def partial_path(job, plan, work):
+    """Where a training's end-of-epoch state is kept until it finishes: named by the job and a digest
+    of the plan, so a run with other settings (another plan, a pilot's overrides) never resumes it."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(work) / "partial" / f"{job['name']}-{digest}.pt"
+
+
 def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=False):
     import torch
 
@@ -637,7 +646,26 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=Fa
     val_img, val_recs = data["val"]
     eval_batch = int(plan.get("eval_batch", 100))
     t0, c0, c_val = time.time(), time.process_time(), 0.0
-    for epoch in range(plan["max_epoch"]):
+    # a training stopped mid-way (a killed worker, a session's end) goes on from its last finished epoch, exactly:
+    # weights, optimiser, stopping rule, kept weights and every generator are restored (the scheduler is a function of the step)
+    state_path = partial_path(job, plan, work) if work is not None else None
+    start, before, resumed = 0, (0.0, 0.0), []
+    if state_path is not None and state_path.is_file():
+        from rslavis.common.checkpoint import load_checkpoint, set_rng_state
+
+        st = load_checkpoint(state_path)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        stopper.__dict__.update(st["stopper"])
+        best_state = st["best_state"]
+        gen.set_state(st["gen"])
+        pool_gen.set_state(st["pool_gen"])
+        if ema is not None:
+            ema.avg.load_state_dict(st["ema"])
+        set_rng_state(st["rng"])
+        start, before, c_val, resumed = st["epoch"] + 1, tuple(st["clock"]), st["c_val"], st["resumed"] + [st["epoch"] + 1]
+        print(f"  {job['name']}: resumed after epoch {st['epoch']} of {plan['max_epoch']} ({state_path})", flush=True)
+    for epoch in range(start, plan["max_epoch"]):
         model.train()
         order = torch.randperm(len(train_recs), generator=gen).tolist()
         for it in range(iters):
@@ -672,6 +700,14 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=Fa
             break
         if plan.get("stop_after_epochs") and len(stopper.history) >= plan["stop_after_epochs"]:  # diagnostics only: the schedule stays the plan's
             break
+        if state_path is not None and epoch + 1 < plan["max_epoch"]:
+            from rslavis.common.checkpoint import atomic_torch_save, rng_state
+
+            clock = [before[0] + time.time() - t0, before[1] + time.process_time() - c0]
+            atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "stopper": dict(stopper.__dict__),
+                               "best_state": best_state, "gen": gen.get_state(), "pool_gen": pool_gen.get_state(),
+                               "ema": ema.avg.state_dict() if ema is not None else None, "rng": rng_state(), "clock": clock,
+                               "c_val": c_val, "resumed": resumed}, state_path)
     model.load_state_dict(best_state)
     history, best, best_epoch = stopper.history, stopper.best, stopper.best_epoch
     beams = int(plan.get("eval_beams", 1))  # early stopping reads greedy captions; the best weights are scored with eval_beams
@@ -682,7 +718,9 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=Fa
         common.update({"smooth_window": stopper.window, "val_smoothed_history": [None if v is None else round(v, 4) for v in stopper.smoothed],
                        "val_CIDEr_kept_epoch": history[best_epoch]})
     # wall seconds grow with the machine's load; CPU seconds (this process) are what the training cost
-    common["seconds"], common["cpu_seconds"] = round(time.time() - t0, 1), round(time.process_time() - c0, 2)
+    common["seconds"], common["cpu_seconds"] = round(before[0] + time.time() - t0, 1), round(before[1] + time.process_time() - c0, 2)
+    if resumed:  # the epochs a stopped training went on from (its seconds are summed over the starts)
+        common["resumed_at_epochs"] = resumed
     common["cpu_seconds_validation"] = round(c_val, 2)
     if plan.get("pilot") and job["rag"]:
         # how much the caption rests on the prompt: the same images prompted with another validation image's retrieved captions
@@ -692,10 +730,14 @@ def run_arm(job, plan, vision, datasets, data, work, device="cpu", keep_model=Fa
     if keep_model:
         common["model"] = model
     if plan.get("pilot"):  # pilots choose the recipe on validation only: the test split is not scored
-        return common
-    test_img, test_recs = data["test"]
-    preds = generate(model, test_img, test_recs, plan, num_beams=beams)
-    return {**common, "test": score(test_recs, preds, plan), "predictions": preds}
+        done = common
+    else:
+        test_img, test_recs = data["test"]
+        preds = generate(model, test_img, test_recs, plan, num_beams=beams)
+        done = {**common, "test": score(test_recs, preds, plan), "predictions": preds}
+    if state_path is not None:
+        state_path.unlink(missing_ok=True)
+    return done
 
 
 def run_baselines(job, plan, vision, datasets, data, work):
@@ -783,6 +825,7 @@ def worker(args, plan):
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(res))
         os.replace(tmp, target)
+        partial_path(job, plan, args.work).unlink(missing_ok=True)  # the job file holds the result now
         t = res.get("test")
         if plan.get("pilot"):
             msg = f"knn_caption val CIDEr {res['knn_caption_val_CIDEr']:.3f}" if job["kind"] == "baselines" else f"val CIDEr {res['val_CIDEr']:.3f} (greedy {res['val_CIDEr_greedy']:.3f}) at epoch {res['best_epoch']} of {res['epochs_trained']} {res['val_cider_history']} ({res['seconds']} s, {res['cpu_seconds']} s CPU)" + (f"; with another image's retrieved captions {res['val_CIDEr_other_prompts']:.3f}" if "val_CIDEr_other_prompts" in res else "")

@@ -394,3 +394,43 @@ def test_v4_run_keeps_the_best_smoothed_epochs_weights_and_swaps_prompts(tmp_pat
     mine = sum(all(c in pool[str(i)] for c in caps) for g, ids in seen for caps, i in zip(g, ids))
     total = sum(len(ids) for _, ids in seen)
     assert mine < 0.2 * total  # only where another image's captions happen to be in this image's pool too
+
+
+def test_a_stopped_training_resumes_exactly_from_its_last_epoch(tmp_path, monkeypatch):
+    """A worker killed mid-training (a session's end) loses at most the epoch it was in: the rerun restores weights,
+    optimiser, stopping rule, kept weights and every generator (dropout's too), so its result is the uninterrupted one."""
+    import torch
+
+    import rslavis.common.checkpoint as ckpt
+
+    plan = {**H.PLANS["v7"], **H.TINY, "max_epoch": 4, "patience": 10, "smooth_window": 2, "train_retrieval_pool": 6, "k": 2}
+    vision = H.load_vision("random", plan)
+    datasets = H.build_datasets(plan, 0.9, tmp_path)
+    data = H.preload(datasets)
+    job = {"kind": "arm", "strength": 0.9, "block": "backdoor", "rag": True, "seed": 1, "name": "p0.9_backdoor_rag_s1"}
+    whole = H.run_arm(job, plan, vision, datasets, data, tmp_path / "a", keep_model=True)
+    assert not (tmp_path / "a" / "partial").exists() or not any((tmp_path / "a" / "partial").iterdir())
+
+    real_save, saves = ckpt.atomic_torch_save, []
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        saves.append(obj["epoch"])
+        if obj["epoch"] == 1:
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(ckpt, "atomic_torch_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        H.run_arm(job, plan, vision, datasets, data, tmp_path / "b")
+    monkeypatch.setattr(ckpt, "atomic_torch_save", real_save)
+    state = H.partial_path(job, plan, tmp_path / "b")
+    assert saves == [0, 1] and state.is_file()
+    torch.manual_seed(12345)  # the rerun starts from another global generator state: the saved one must be restored
+    again = H.run_arm(job, plan, vision, datasets, data, tmp_path / "b", keep_model=True)
+    assert again["resumed_at_epochs"] == [2] and not state.exists()
+    for k in ("val_cider_history", "best_epoch", "epochs_trained", "val_CIDEr", "test", "predictions"):
+        assert again[k] == whole[k], k
+    a, b = whole["model"].state_dict(), again["model"].state_dict()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    # a partial state of other settings (another plan digest) is never resumed
+    assert H.partial_path(job, {**plan, "lr": 2e-3}, tmp_path / "b") != H.partial_path(job, plan, tmp_path / "b")

@@ -259,6 +259,7 @@ shrinks everything and says so in the output.
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -595,7 +596,6 @@ class WeightEMA:
 def partial_path(job, plan, work):
     """Where a training's end-of-epoch state is kept until it finishes: named by the job and a digest
     of the plan, so a run with other settings (another plan, a pilot's overrides) never resumes it."""
-    import hashlib
 
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(work) / "partial" / f"{job['name']}-{digest}.pt"
@@ -801,6 +801,7 @@ def worker(args, plan):
 
     torch.set_num_threads(1)
     vision = load_vision(args.encoder, plan)
+    digest = encoder_digest(vision)
     jobs_dir = Path(args.work) / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
     claims = Path(args.work) / "claims" / args.run_id
@@ -821,7 +822,7 @@ def worker(args, plan):
         datasets, data = cache[job["strength"]]
         fn = run_baselines if job["kind"] == "baselines" else run_arm
         extra = {"device": args.device} if fn is run_arm else {}
-        res = {**fn(job, plan, vision, datasets, data, args.work, **extra), "plan_version": plan["version"], **extra}
+        res = {**fn(job, plan, vision, datasets, data, args.work, **extra), "plan_version": plan["version"], "encoder_sha256": digest, **extra}
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(res))
         os.replace(tmp, target)
@@ -833,6 +834,19 @@ def worker(args, plan):
             continue
         msg = f"CIDEr {t['CIDEr']:.3f} halluc {t['confounded_hallucination_rate']:.3f} oversight {t['confounded_oversight_rate']:.3f} epochs {res['epochs_trained']} ({res['seconds']} s, {res['cpu_seconds']} s CPU)" if t else "baselines done"
         print(f"[worker {args.worker_index}] {time.strftime('%H:%M:%S')} {job['name']}: {msg}", flush=True)
+
+
+def encoder_digest(vision):
+    """sha256 of the frozen encoder's weights file ("random" for the tests' untrained encoder): every job records it,
+    so jobs trained in different sessions (the committed ``bench/results`` folders) are only mixed on one encoder."""
+    ckpt = vision.get("checkpoint")
+    if not ckpt:
+        return "random"
+    h = hashlib.sha256()
+    with open(ckpt, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_vision(encoder, plan):
@@ -873,21 +887,26 @@ def fmt(mi, digits=3):
 METRICS = [("CIDEr", "test CIDEr"), ("confounded_hallucination_rate", "plane halluc."), ("confounded_oversight_rate", "plane oversight"), ("object_SDE", "SDE")]
 
 
-def finished_jobs(plan, work):
-    """``{name: result}`` of the plan's finished jobs; refuses a work folder holding another plan version's jobs."""
+def finished_jobs(plan, work, encoder_sha256=None):
+    """``{name: result}`` of the plan's finished jobs; refuses a work folder holding another plan version's jobs,
+    or (given ``encoder_sha256``) jobs trained on another encoder."""
     jobs_dir = Path(work) / "jobs"
     done = {j["name"]: json.loads((jobs_dir / f"{j['name']}.json").read_text()) for j in all_jobs(plan) if (jobs_dir / f"{j['name']}.json").is_file()}
     for name, res in done.items():  # one work folder, one plan: never mix v1 and v2 trainings in one table
         version = res.get("plan_version", "v1")  # v1's job files predate the field
         if version != plan["version"]:
             raise SystemExit(f"{jobs_dir / (name + '.json')}: a plan {version} job, but this is plan {plan['version']}; use another --work or --plan {version}")
+        theirs = res.get("encoder_sha256")  # absent in job files older than the field
+        if encoder_sha256 is not None and theirs is not None and theirs != encoder_sha256:
+            raise SystemExit(f"{jobs_dir / (name + '.json')}: trained on the encoder with sha256 {theirs[:16]}..., but --encoder's weights are "
+                             f"{encoder_sha256[:16]}...; pass that encoder (projects/clip_pretrain/synthetic.yaml re-trains it bit for bit) or use another --work")
     return done
 
 
-def analyse(plan, work, tiny=False):
+def analyse(plan, work, tiny=False, encoder_sha256=None):
     jobs_dir = Path(work) / "jobs"
     expected = all_jobs(plan)
-    done = finished_jobs(plan, work)
+    done = finished_jobs(plan, work, encoder_sha256)
     missing = [j["name"] for j in expected if j["name"] not in done]
     lines, summary = [], {"plan": plan, "tiny": tiny, "missing_jobs": missing, "strengths": {}}
     if tiny:
@@ -1041,9 +1060,9 @@ def main(argv=None):
     if args.worker_index is not None:
         worker(args, plan)
         return 0
+    digest = None if args.analyse_only and not Path(args.encoder).exists() else encoder_digest(load_vision(args.encoder, plan))
     if not args.analyse_only:
-        load_vision(args.encoder, plan)  # fail before starting workers
-        finished_jobs(plan, args.work)
+        finished_jobs(plan, args.work, digest)  # fail before starting workers
         run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--encoder", args.encoder, "--work", args.work, "--workers", str(args.workers), "--run-id", run_id, "--plan", args.plan, "--device", args.device] + (["--tiny"] if args.tiny else [])
         cmd += ["--pilot", args.pilot] if args.pilot is not None else []
@@ -1058,7 +1077,7 @@ def main(argv=None):
         if args.out:
             write_summary(summary, args.out)
         return 1 if not args.analyse_only and any(codes) else 0
-    text, summary = analyse(plan, args.work, args.tiny)
+    text, summary = analyse(plan, args.work, args.tiny, digest)
     print(text)
     if args.out:
         write_summary(summary, args.out)

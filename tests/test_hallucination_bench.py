@@ -1,6 +1,7 @@
 """bench/hallucination.py: the tiny end-to-end run (every arm, baselines, table, JSON, plot) and the analysis
 (95% t-intervals, seed-paired effects, the knn_caption bar, partial runs reported)."""
 
+import hashlib
 import json
 import math
 import sys
@@ -50,6 +51,23 @@ def test_analysis_effects_and_knn_bar(tmp_path):
     assert s["arms"]["none"]["n"] == 3 and math.isclose(s["arms"]["none"]["CIDEr"]["mean"], 0.61)
     assert set(s["arms_at_least_knn"]) == {"none", "none + retrieval", "intervention", "intervention + retrieval"}
     assert not summary["missing_jobs"] and "PARTIAL" not in text
+
+
+def test_jobs_of_another_encoder_are_refused(tmp_path):
+    """Job files committed from one session are only merged with jobs trained on the same encoder weights."""
+    ckpt = tmp_path / "enc.pt"
+    ckpt.write_bytes(b"weights A")
+    digest = H.encoder_digest({"checkpoint": str(ckpt)})
+    assert digest == hashlib.sha256(b"weights A").hexdigest() and H.encoder_digest({}) == "random"
+    plan = {**H.PLAN, "strengths": [0.9], "seeds": [0]}
+    work = tmp_path / "w"
+    _write_jobs(work, plan, lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0})
+    f = work / "jobs" / "p0.9_none_norag_s0.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "encoder_sha256": digest}))
+    assert H.analyse(plan, work, encoder_sha256=digest)[1]["strengths"]["0.9"]["arms"]["none"]["n"] == 1
+    ckpt.write_bytes(b"weights B")
+    with pytest.raises(SystemExit, match="p0.9_none_norag_s0.json: trained on the encoder with sha256 " + digest[:16]):
+        H.analyse(plan, work, encoder_sha256=H.encoder_digest({"checkpoint": str(ckpt)}))
 
 
 def test_partial_runs_are_reported(tmp_path):

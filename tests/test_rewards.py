@@ -184,3 +184,73 @@ def test_count_reward_does_not_reward_omitting_counts():
     assert omitted == -4.0  # compared as if it said zero planes
     ignore = registry.get_reward_class("count")(parser="rules", missing="ignore")
     assert ignore(["there are planes ."], refs[:1]).tolist() == [0.0]
+
+
+SYNTHETIC = ["there are four planes and three buildings .", "there are five planes and one building .",
+             "two storage tanks near a parking lot", "a storage tank", "many tanks and a plain",
+             "three aeroplanes parked beside two biuldings", "no cars on the road", "", "...",
+             "a pair of tennis courts and several storage tanks", "a tennis court", "courts",
+             "green trees around a pond", "there is a forest and a river .", "a river and a road",
+             "two roads , 3 cars and no trees", "one ship , two boats and a harbour", "planes"]
+
+
+def _object_reward_cases(shared_data):
+    """(candidates, references) pairs: synthetic ones, and RSICD test captions against their image's and
+    other images' references when ``../shared/data`` is there."""
+    import random
+
+    rng = random.Random(0)
+    # objects matched only through SynonymTable.first_same (a compound and its head), counted or not
+    matched = [("three tanks near a road", ["two storage tanks near a road", "two storage tanks ."]),
+               ("a storage tank", ["three tanks", "there are three tanks ."]), ("two courts", ["a tennis court"]),
+               ("four tennis courts and a pool", ["two courts and two swimming pools"]),
+               ("many tanks", ["two storage tanks and a road"]), ("four planes", ["four planes and three buildings ."]),
+               ("a court", ["three tennis courts and a road"]), ("three courts and a road", ["three tennis courts", "a road"])]
+    cases = [(SYNTHETIC, [[rng.choice(SYNTHETIC) for _ in range(rng.randint(1, 5))] for _ in SYNTHETIC]),
+             ([c for c, _ in matched], [r for _, r in matched])]
+    if shared_data is not None:
+        data = json.loads((shared_data / "rsicd" / "DERIVED_dataset_rsicd_karpathy.json").read_text())
+        ims = [im for im in data["images"] if im["split"] == "test"]  # 1,093 images
+        refs = [[s["raw"] for s in im["sentences"]] for im in ims]
+        by_label = {}
+        for im in ims:
+            by_label.setdefault(im["label"], []).append([s["raw"] for s in im["sentences"]])
+        same = [rng.choice(rng.choice(by_label[im["label"]])) for im in ims]  # a caption of an image of its class
+        other = [rng.choice(rng.choice(refs)) for _ in ims]
+        own = [r[0] for r in refs]
+        cases += [(same, refs), (other, refs), (own, refs)]
+    return cases
+
+
+@pytest.mark.parametrize("parser", ["rules", "hybrid"])
+def test_object_reward_values_equal_their_definitions(parser, request):
+    # sde and count (its default mode, abs with missing: zero) compute their values in one inlined loop
+    # per caption; they must equal the module functions that define them (sde_value; reward_pairs and
+    # the mean), value for value, on synthetic captions and on real RSICD ones (skipped without the data)
+    from rslavis.rewards.count import reward_pairs
+    from rslavis.rewards.sde import sde_value
+
+    try:
+        shared_data = request.getfixturevalue("shared_data")
+    except pytest.skip.Exception:
+        shared_data = None
+    p = {"name": parser, "spacy": False} if parser == "hybrid" else parser  # the gate, no spaCy start-up
+    sde = registry.get_reward_class("sde")(parser=p, scale=2.0, empty_value=-0.5)
+    count = registry.get_reward_class("count")(parser=p, scale=3.0, empty_value=0.25)
+    compared = 0
+    values = set()
+    for gen, refs in _object_reward_cases(shared_data):
+        gt = sde.reference_counts(refs)
+        parsed = sde.parser.parse_batch(gen)
+        want_sde = [sde_value(g, r, sde.match, sde.empty_value) * sde.scale for g, r in zip(parsed, gt)]
+        want_count = []
+        for g, r in zip(parsed, gt):
+            pairs = reward_pairs(g, r, count.match)
+            want_count.append(-sum(abs(a - b) for a, b in pairs) / len(pairs) * count.scale if pairs else count.empty_value)
+        assert sde(gen, refs).tolist() == torch.tensor(want_sde, dtype=torch.float32).tolist()
+        assert count(gen, refs).tolist() == torch.tensor(want_count, dtype=torch.float32).tolist()
+        compared += len(gen)
+        values |= {("sde", v) for v in want_sde} | {("count", v) for v in want_count}
+    # the values differ between captions (a constant would pass the comparison with a broken definition)
+    assert sum(k == "sde" for k, _ in values) > 3 and sum(k == "count" for k, _ in values) > 3
+    assert compared >= (len(SYNTHETIC) + 8 if shared_data is None else 3000)

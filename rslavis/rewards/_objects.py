@@ -32,8 +32,9 @@ class ObjectRewardMixin:
         else:  # lists of references (the usual case): C loops
             keys = list(map(tuple, references))
         cache = self._ref_cache
-        todo = [k for k in dict.fromkeys(keys) if k not in cache]
+        todo = [k for k in keys if k not in cache]  # usually none (then no de-duplicating pass)
         if todo:
+            todo = list(dict.fromkeys(todo))
             if len(cache) + len(todo) > self._ref_cache_size:
                 cache.clear()
                 todo = list(dict.fromkeys(keys))  # the cached ones of this call are gone too
@@ -49,6 +50,11 @@ class ObjectRewardMixin:
             if name is not None:
                 out[name] = c if name not in out else (out[name] if c is None else c)
         return out
+
+    @property
+    def _plain_match(self):
+        """Whether :meth:`match` is this class's own (the rewards then inline it)."""
+        return type(self).match is ObjectRewardMixin.match
 
     def match(self, gt_name, generated_objects):
         """The generated object that names ``gt_name`` (synonyms, typos, compound heads), or None."""

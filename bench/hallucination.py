@@ -596,7 +596,6 @@ class WeightEMA:
 def partial_path(job, plan, work):
     """Where a training's end-of-epoch state is kept until it finishes: named by the job and a digest
     of the plan, so a run with other settings (another plan, a pilot's overrides) never resumes it."""
-
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(work) / "partial" / f"{job['name']}-{digest}.pt"
 
@@ -842,11 +841,8 @@ def encoder_digest(vision):
     ckpt = vision.get("checkpoint")
     if not ckpt:
         return "random"
-    h = hashlib.sha256()
     with open(ckpt, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_vision(encoder, plan):

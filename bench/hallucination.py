@@ -1025,6 +1025,44 @@ def plot(summary, path):
     plt.close(fig)
 
 
+def _die_with_parent():
+    """In a worker (before exec): Linux sends it SIGTERM when the parent dies, even by SIGKILL."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: the parent's finally below still stops its workers
+        pass
+
+
+def run_workers(cmds, env):
+    """Start one worker process per command and wait for all; exit codes in order. A parent stopped by
+    Ctrl-C, SIGTERM or an error stops its workers too (a finished epoch is kept in ``partial/``), so no
+    orphaned worker goes on training and claiming jobs after its run was stopped."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    procs = []
+    try:
+        for c in cmds:
+            procs.append(subprocess.Popen(c, env=env, preexec_fn=_die_with_parent if os.name == "posix" else None))
+        return [pr.wait() for pr in procs]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for pr in procs:
+            if pr.poll() is None:
+                pr.terminate()
+        for pr in procs:
+            try:
+                pr.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--encoder", required=True, help="vision.json (or its folder) written by the clip_pretrain task; 'random' only with --tiny")
@@ -1064,8 +1102,7 @@ def main(argv=None):
         cmd += ["--pilot", args.pilot] if args.pilot is not None else []
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         t0 = time.time()
-        procs = [subprocess.Popen(cmd + ["--worker-index", str(i)], env=env) for i in range(args.workers)]
-        codes = [pr.wait() for pr in procs]
+        codes = run_workers([cmd + ["--worker-index", str(i)] for i in range(args.workers)], env)
         print(f"workers finished in {time.time() - t0:.0f} s with exit codes {codes}", flush=True)
     if plan.get("pilot"):
         text, summary = pilot_summary(plan, args.work)

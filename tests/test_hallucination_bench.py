@@ -452,3 +452,59 @@ def test_a_stopped_training_resumes_exactly_from_its_last_epoch(tmp_path, monkey
     assert all(torch.equal(a[n], b[n]) for n in a)
     # a partial state of other settings (another plan digest) is never resumed
     assert H.partial_path(job, {**plan, "lr": 2e-3}, tmp_path / "b") != H.partial_path(job, plan, tmp_path / "b")
+
+
+def _children(pid):
+    """pids whose parent is ``pid`` (from /proc; Linux)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid):
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to find the worker processes")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_bench_stops_its_workers(tmp_path, how):
+    """A stopped run leaves no worker training on (it would claim jobs and write into --work unseen):
+    SIGTERM reaches them through the parent, SIGKILL of the parent through the parent-death signal."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    parent = subprocess.Popen([sys.executable, str(ROOT / "bench" / "hallucination.py"), "--tiny", "--encoder", "random",
+                               "--workers", "2", "--work", str(tmp_path / "w"),
+                               # trainings that would not end by themselves: only the stop can end the workers
+                               "--pilot", '{"max_epoch": 100000, "patience": 100000}'], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(kids := _children(parent.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(kids) == 2, f"workers not started: {kids}"
+        parent.send_signal(getattr(signal, how))
+        parent.wait(timeout=60)
+        deadline = time.time() + 30
+        while any(_alive(k) for k in kids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(k) for k in kids), f"workers still running after the parent's {how}"
+    finally:
+        for k in _children(parent.pid) + ([] if parent.poll() is not None else [parent.pid]):
+            try:
+                os.kill(k, signal.SIGKILL)
+            except OSError:
+                pass

@@ -454,26 +454,22 @@ def test_a_stopped_training_resumes_exactly_from_its_last_epoch(tmp_path, monkey
     assert H.partial_path(job, {**plan, "lr": 2e-3}, tmp_path / "b") != H.partial_path(job, plan, tmp_path / "b")
 
 
+def _stat(pid):
+    """``/proc/<pid>/stat``'s fields after the command name (state, ppid, ...), or None once the process is gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _children(pid):
-    """pids whose parent is ``pid`` (from /proc; Linux)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return out
+    """pids whose parent is ``pid`` (Linux)."""
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and (f := _stat(d.name)) and int(f[1]) == pid]
 
 
 def _alive(pid):
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    f = _stat(pid)
+    return f is not None and f[0] != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to find the worker processes")
@@ -491,6 +487,7 @@ def test_stopping_the_bench_stops_its_workers(tmp_path, how):
                                "--workers", "2", "--work", str(tmp_path / "w"),
                                # trainings that would not end by themselves: only the stop can end the workers
                                "--pilot", '{"max_epoch": 100000, "patience": 100000}'], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids = []
     try:
         deadline = time.time() + 120
         while len(kids := _children(parent.pid)) < 2 and time.time() < deadline:
@@ -502,8 +499,8 @@ def test_stopping_the_bench_stops_its_workers(tmp_path, how):
         while any(_alive(k) for k in kids) and time.time() < deadline:
             time.sleep(0.2)
         assert not any(_alive(k) for k in kids), f"workers still running after the parent's {how}"
-    finally:
-        for k in _children(parent.pid) + ([] if parent.poll() is not None else [parent.pid]):
+    finally:  # the workers found, too: after a SIGKILL they are no longer the parent's children
+        for k in set(kids + _children(parent.pid)) | ({parent.pid} if parent.poll() is None else set()):
             try:
                 os.kill(k, signal.SIGKILL)
             except OSError:

@@ -1117,7 +1117,8 @@ def main(argv=None):
     if args.plot:
         plot(summary, args.plot)
         print(f"plot written to {args.plot}")
-    if not args.analyse_only and (any(codes) or summary["missing_jobs"]):
+    # a table with missing cells is printed (and written) but never passes for a complete one, analysed only or not
+    if summary["missing_jobs"] or (not args.analyse_only and any(codes)):
         return 1
     return 0
 

@@ -80,6 +80,19 @@ def test_partial_runs_are_reported(tmp_path):
     assert summary["strengths"]["0.9"]["arms"]["backdoor + retrieval"]["n"] == 1
 
 
+def test_analysing_a_partial_run_exits_non_zero(tmp_path, capsys):
+    """--analyse-only prints the partial table but exits 1 while cells are missing, 0 once all are in."""
+    plan = {**H.PLANS["v3"], **H.TINY}
+    value = lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0}
+    _write_jobs(tmp_path, plan, value)
+    args = ["--encoder", "random", "--tiny", "--analyse-only", "--work", str(tmp_path)]
+    assert H.main(args) == 0
+    last = H.all_jobs(plan)[-1]["name"]
+    (tmp_path / "jobs" / f"{last}.json").unlink()
+    assert H.main(args) == 1
+    assert f"PARTIAL: 1 of {len(H.all_jobs(plan))} jobs missing: {last}" in capsys.readouterr().out
+
+
 def test_tiny_bench_runs_every_arm_end_to_end(tmp_path):
     out = run_python([str(ROOT / "bench" / "hallucination.py"), "--tiny", "--encoder", "random", "--work", str(tmp_path / "w"),
                       "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")], timeout=900)

@@ -23,6 +23,11 @@ def test_interval_is_the_t_interval_of_the_mean():
     assert all(math.isnan(v) for v in H.interval([]))
 
 
+def _perfect(job):
+    """Test scores of a job that captions perfectly and never hallucinates (for the analysis tests)."""
+    return {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0}
+
+
 def _write_jobs(work, plan, value):
     jobs = Path(work) / "jobs"
     jobs.mkdir(parents=True)
@@ -61,7 +66,7 @@ def test_jobs_of_another_encoder_are_refused(tmp_path):
     assert digest == hashlib.sha256(b"weights A").hexdigest() and H.encoder_digest({}) == "random"
     plan = {**H.PLAN, "strengths": [0.9], "seeds": [0]}
     work = tmp_path / "w"
-    _write_jobs(work, plan, lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0})
+    _write_jobs(work, plan, _perfect)
     f = work / "jobs" / "p0.9_none_norag_s0.json"
     f.write_text(json.dumps({**json.loads(f.read_text()), "encoder_sha256": digest}))
     assert H.analyse(plan, work, encoder_sha256=digest)[1]["strengths"]["0.9"]["arms"]["none"]["n"] == 1
@@ -72,7 +77,7 @@ def test_jobs_of_another_encoder_are_refused(tmp_path):
 
 def test_partial_runs_are_reported(tmp_path):
     plan = {**H.PLAN, "strengths": [0.9], "seeds": [0, 1]}
-    _write_jobs(tmp_path, plan, lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0})
+    _write_jobs(tmp_path, plan, _perfect)
     (tmp_path / "jobs" / "p0.9_backdoor_rag_s1.json").unlink()
     text, summary = H.analyse(plan, tmp_path)
     assert summary["missing_jobs"] == ["p0.9_backdoor_rag_s1"]
@@ -83,8 +88,7 @@ def test_partial_runs_are_reported(tmp_path):
 def test_analysing_a_partial_run_exits_non_zero(tmp_path, capsys):
     """--analyse-only prints the partial table but exits 1 while cells are missing, 0 once all are in."""
     plan = {**H.PLANS["v3"], **H.TINY}
-    value = lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0}
-    _write_jobs(tmp_path, plan, value)
+    _write_jobs(tmp_path, plan, _perfect)
     args = ["--encoder", "random", "--tiny", "--analyse-only", "--work", str(tmp_path)]
     assert H.main(args) == 0
     last = H.all_jobs(plan)[-1]["name"]
@@ -142,7 +146,7 @@ def test_cached_features_are_the_frozen_encoders_output():
 
 def test_a_work_folder_of_another_plan_version_is_refused(tmp_path):
     v1 = {**H.PLAN_V1, "strengths": [0.9], "seeds": [0]}
-    _write_jobs(tmp_path, v1, lambda j: {"CIDEr": 1.0, "confounded_hallucination_rate": 0.0, "confounded_oversight_rate": 0.0, "object_SDE": 1.0})
+    _write_jobs(tmp_path, v1, _perfect)
     assert H.analyse(v1, tmp_path)[1]["strengths"]["0.9"]["arms"]["none"]["n"] == 1
     with pytest.raises(SystemExit, match="a plan v1 job, but this is plan v2"):
         H.analyse({**H.PLANS["v2"], "strengths": [0.9], "seeds": [0]}, tmp_path)

@@ -23,8 +23,14 @@ spaCy time is in the rates).
 The varentropy loss term is timed on random logits of shape (n, 20, vocab 1000).
 
 Rates are printed per wall-clock second and per CPU second of the reward's process.
+Each reward's processes run ``--repeat`` times (3), alternating, and the table prints the
+median of each column; a line under each object reward lists every run's warm and refs-seen
+CPU rates, so a reader sees the spread. The same code's rate on one shared 2-core machine
+has varied 2x between runs minutes apart (a single 0.25 s call is one sample); the ``ref ms``
+column says how fast the machine was in each run: the best of five timings of a fixed
+pure-Python loop (``sum(range(10**6))``) in the reward's process right after its warm call.
 
-    python bench/reward_speed.py [--n 5000] [--parser rules] [--only sde count] [--data ../shared/data]
+    python bench/reward_speed.py [--n 5000] [--parser rules] [--only sde count] [--repeat 3] [--data ../shared/data]
 
 The load average is printed with the table (CPU-second rates fall less with the load than
 wall-clock ones, but a machine shared by other processes slows both).
@@ -33,9 +39,11 @@ wall-clock ones, but a machine shared by other processes slows both).
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +69,8 @@ def one(name, args):
         mask = torch.ones(args.n, 20)
         t0 = time.perf_counter()
         term(logits, mask)
-        return {"name": name, "cold": args.n / (time.perf_counter() - t0), "note": f"logits {tuple(logits.shape)}"}
+        return {"name": name, "cold": args.n / (time.perf_counter() - t0), "note": f"logits {tuple(logits.shape)}",
+                "ref_ms": machine_ms()}
     refs, _, _ = rsicd_candidates(args.data, args.n)
     seen = {r for rs in refs for r in rs}
     cold_c = unseen_candidates(args.data, args.n, exclude=seen, seed=1)
@@ -86,7 +95,7 @@ def one(name, args):
         t0, c0 = time.perf_counter(), time.process_time()
         reward(warm_c, refs)
         return {"name": name, "refs": args.n / (time.perf_counter() - t0),
-                "refs_cpu": args.n / (time.process_time() - c0), "note": note}
+                "refs_cpu": args.n / (time.process_time() - c0), "note": note, "ref_ms": machine_ms()}
     stats = getattr(parser, "stats", None)  # the hybrid parser counts the captions it sends to spaCy
     t0, c0 = time.perf_counter(), time.process_time()
     reward(cold_c, refs)
@@ -99,8 +108,27 @@ def one(name, args):
         note += (f", to spaCy: cold {before['fallback']} of {before['parsed']} distinct captions "
                  f"({before['fallback_s']:.3f} of {cold:.3f} s), warm {stats['fallback'] - before['fallback']} of "
                  f"{stats['parsed'] - before['parsed']} ({stats['fallback_s'] - before['fallback_s']:.3f} of {warm:.3f} s)")
-    return {"name": name, "cold": args.n / cold, "warm": args.n / warm, "cold_cpu": args.n / cold_cpu,
-            "warm_cpu": args.n / warm_cpu, "note": note}
+    out = {"name": name, "cold": args.n / cold, "warm": args.n / warm, "cold_cpu": args.n / cold_cpu,
+           "warm_cpu": args.n / warm_cpu, "note": note, "ref_ms": machine_ms()}
+    if stats:
+        out["spacy_warm_s"] = stats["fallback_s"] - before["fallback_s"]
+    return out
+
+
+def machine_ms():
+    """Milliseconds of a fixed pure-Python loop, best of five: how fast this process's machine was."""
+    return 1000 * min(timeit.repeat("sum(range(10**6))", number=1, repeat=5))
+
+
+def median_run(runs):
+    """One result whose numeric columns are the medians over ``runs`` (the note of the median warm run)."""
+    out = dict(runs[0])
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)):
+            out[k] = statistics.median(r[k] for r in runs)
+    if "warm_cpu" in out:
+        out["note"] = sorted(runs, key=lambda r: r["warm_cpu"])[len(runs) // 2]["note"]
+    return out
 
 
 def main():
@@ -109,6 +137,7 @@ def main():
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data"))
     ap.add_argument("--parser", default=None, help="caption parser of sde/count (default: the library's default)")
     ap.add_argument("--only", nargs="+", default=None, help="time only these rewards")
+    ap.add_argument("--repeat", type=int, default=3, help="processes per reward and column; medians are printed")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--refs-seen", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -117,9 +146,12 @@ def main():
         return 0
     from rslavis.common.registry import registry
 
-    print(f"{'reward':<14} {'cold':>10} {'warm':>10} {'cold cpu':>10} {'warm cpu':>10} {'refs cpu':>10}   captions per wall-clock / "
-          f"CPU second, {args.n} distinct never-seen candidates, each reward in its own process (CPU seconds: on a "
-          f"shared machine wall-clock rates fall with the load); load average {os.getloadavg()[0]:.1f}")
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {args.repeat}")
+    print(f"{'reward':<14} {'cold':>10} {'warm':>10} {'cold cpu':>10} {'warm cpu':>10} {'refs cpu':>10} {'ref ms':>7}   "
+          f"captions per wall-clock / CPU second, {args.n} distinct never-seen candidates, each reward in its own process "
+          f"(CPU seconds: on a shared machine wall-clock rates fall with the load), medians of {args.repeat} runs; ref ms: "
+          f"a fixed pure-Python loop in the same process (machine speed); load average {os.getloadavg()[0]:.1f}")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     rc = 0
 
@@ -134,20 +166,33 @@ def main():
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     for name in args.only or registry.list_rewards():
-        r = child(name)
-        if r is None:
+        runs, refs_runs, failed = [], [], False
+        for _ in range(args.repeat):  # the two kinds of process alternate, so a slow spell hits both
+            r = child(name)
+            if r is None:
+                failed = True
+                break
+            runs.append(r)
+            if "skipped" in r:
+                break
+            if r.get("warm") is not None and name in OBJECT_REWARDS:
+                refs = child(name, "--refs-seen")
+                if refs is None:
+                    failed = True
+                    break
+                refs_runs.append(refs)
+        if failed:
             rc = 1
             continue
-        if "skipped" in r:
-            print(f"{name:<14} {'skipped':>10} {'':>10}   ({r['skipped']})")
+        if "skipped" in runs[0]:
+            print(f"{name:<14} {'skipped':>10} {'':>10}   ({runs[0]['skipped']})")
             continue
+        r = median_run(runs)
+        if refs_runs:
+            r["refs"] = statistics.median(x["refs"] for x in refs_runs)
+            r["refs_cpu"] = statistics.median(x["refs_cpu"] for x in refs_runs)
+            r["ref_ms"] = statistics.median([x["ref_ms"] for x in runs + refs_runs])
         warm = r.get("warm")
-        if warm is not None and name in OBJECT_REWARDS:
-            refs = child(name, "--refs-seen")
-            if refs is None:
-                rc = 1
-                continue
-            r.update({k: v for k, v in refs.items() if k.startswith("refs")})
         goal = ""
         if name in TARGET and warm is not None:
             goal = (f"; warm target >= {TARGET[name]:,}: wall-clock {'met' if warm >= TARGET[name] else 'NOT met'}, "
@@ -155,7 +200,13 @@ def main():
             if "refs_cpu" in r:
                 goal += f", refs seen CPU {'met' if r['refs_cpu'] >= TARGET[name] else 'NOT met'}"
         cpu = "".join(f" {r[k]:>10.0f}" if k in r else f" {'':>10}" for k in ("cold_cpu", "warm_cpu", "refs_cpu"))
-        print(f"{name:<14} {r['cold']:>10.0f} {'' if warm is None else f'{warm:10.0f}':>10}{cpu}   ({r['note']}{goal})")
+        print(f"{name:<14} {r['cold']:>10.0f} {'' if warm is None else f'{warm:10.0f}':>10}{cpu} {r['ref_ms']:>7.1f}   "
+              f"({r['note']}{goal})")
+        if refs_runs and len(runs) > 1:
+            each = ", ".join(f"{x['warm_cpu']:.0f}" + (f" (spaCy {x['spacy_warm_s']:.3f} s)" if "spacy_warm_s" in x else "")
+                             + f" at {x['ref_ms']:.0f} ms" for x in runs)
+            seen = ", ".join(f"{x['refs_cpu']:.0f}" for x in refs_runs)
+            print(f"{'':<14} every run, warm CPU: {each}; refs seen CPU: {seen}")
     return rc
 
 

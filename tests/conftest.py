@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 
 
+def load_bench(name):
+    """The module ``bench/<name>.py`` loaded from its file (``bench/`` is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """Path of ../shared/data (real annotations); skips the test when the folder is absent."""

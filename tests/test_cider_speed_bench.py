@@ -3,26 +3,22 @@ due does not land in it) and the full collections inside a timed call are counte
 RSICD captions prints both sides and equal scores."""
 
 import gc
-import importlib.util
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, load_bench
+
 DATA = ROOT / ".." / "shared" / "data"
 
 
 @pytest.fixture
 def bench():
     pytest.importorskip("pycocoevalcap")
-    spec = importlib.util.spec_from_file_location("bench_cider_speed", ROOT / "bench" / "cider_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("cider_speed")
 
 
 def test_timed_call_starts_from_a_collected_heap(bench):

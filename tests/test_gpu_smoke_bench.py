@@ -1,21 +1,15 @@
 """bench/gpu_smoke.py: on a machine without CUDA it measures nothing and says so in one line; an explicit
 ``--device cuda`` there is refused in one line; ``--tiny --device cpu`` runs every timed path (CE, SCST, beam)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu_smoke", ROOT / "bench" / "gpu_smoke.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gpu_smoke")
 
 
 @pytest.fixture

@@ -1,18 +1,13 @@
 """bench/model_sizes.py runs (it broke silently once: no test ran it). Its cheapest row, SmallCap-causal on
 GPT-2 base built on the meta device, goes through the same config, meta build and memory plan as every row."""
 
-import importlib.util
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_model_sizes", ROOT / "bench" / "model_sizes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("model_sizes")
 
 
 def _size(text):

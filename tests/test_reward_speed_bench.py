@@ -2,22 +2,18 @@
 rate and machine speed (``ref ms``) are listed, and a small run on real RSICD captions prints both
 object rewards with their spread."""
 
-import importlib.util
 import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_bench
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_reward_speed", ROOT / "bench" / "reward_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("reward_speed")
 
 
 def test_median_run_takes_each_column_median_and_the_median_runs_note(bench):

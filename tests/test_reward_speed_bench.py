@@ -37,7 +37,6 @@ def test_machine_ms_times_the_reference_loop(bench, monkeypatch):
 
 
 def test_small_run_prints_medians_and_every_run(shared_data):
-    pytest.importorskip("spacy")
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "reward_speed.py"), "--n", "60", "--repeat", "2",
                           "--parser", "rules", "--only", "count", "length", "--data", str(shared_data)],
                          capture_output=True, text=True, timeout=600)
